@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 TEXT_SUFFIXES = (".txt", ".raw", ".tokens")
 FILE_SUFFIXES = (*TEXT_SUFFIXES, ".jsonl", ".csv")
 TEXT_FORMATS = ("auto", "plain", "gutenberg", "wikitext")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?(:[\w.-]+)?$")  # id[:config]
 _ABBREVIATIONS = frozenset(
     "mr mrs ms dr st jr sr prof rev gen col capt lt sgt mt vs etc no vol fig ch co inc ltd esq messrs".split()  # noqa: SIM905
 )
@@ -184,7 +184,8 @@ def _hub_texts(dataset_id: str, text_column: str, split: str) -> Iterator[str]:
     try:
         import datasets
 
-        stream = datasets.load_dataset(dataset_id, split=split, streaming=True)
+        name, _, config = dataset_id.partition(":")
+        stream = datasets.load_dataset(name, config or None, split=split, streaming=True)
         for record in stream:
             yield str(record[text_column])
     except DebiasError:

@@ -20,6 +20,14 @@ def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def max_positions(model, tokenizer=None, cap: int = 1 << 20) -> int:
+    """The longest input the model accepts (position embeddings; tokenizer limit), at most ``cap``."""
+    limits = [cap, getattr(getattr(model, "config", None), "max_position_embeddings", None) or cap]
+    if tokenizer is not None and 0 < getattr(tokenizer, "model_max_length", cap) < cap:
+        limits.append(tokenizer.model_max_length)
+    return int(min(limits))
+
+
 def _start_token(tokenizer) -> int:
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if start is None:
@@ -32,7 +40,8 @@ def causal_logprobs(model, tokenizer, texts: Sequence[str], batch_size: int = 32
     """``(sum of log-probs, number of tokens)`` of each text under a causal LM (BOS-conditioned first token)."""
     start = _start_token(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else start
-    encoded = [[start, *tokenizer(t, add_special_tokens=False)["input_ids"]] for t in texts]
+    limit = max_positions(model, tokenizer)
+    encoded = [[start, *tokenizer(t, add_special_tokens=False)["input_ids"]][:limit] for t in texts]
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
     device = _device(model)
     results: list[tuple[float, int]] = [(0.0, 0)] * len(texts)
@@ -61,12 +70,13 @@ def sentence_embeddings(
     """Mean-pooled (padding excluded), L2-normalised last-layer embeddings, one row per text (float32, CPU)."""
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     device = _device(model)
+    limit = min(max_length, max_positions(model, tokenizer))
     out = torch.empty(0)
     rows: dict[int, torch.Tensor] = {}
     for lo in range(0, len(order), batch_size):
         idx = order[lo : lo + batch_size]
         batch = tokenizer(
-            [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+            [texts[i] for i in idx], padding=True, truncation=True, max_length=limit, return_tensors="pt"
         ).to(device)
         result = model(**batch, output_hidden_states=True)
         hidden = result.hidden_states[-1] if getattr(result, "hidden_states", None) else result.last_hidden_state

@@ -1,0 +1,235 @@
+"""Training objectives as a registry: ``mlm``, ``clm`` and ``counterfactual``.
+
+* ``mlm`` (PEFTDebias, encoders): 15% of tokens masked (80% ``[MASK]``, 10% random, 10% kept), optionally whole
+  words; cross-entropy on the masked positions.
+* ``clm`` (PEFTDebias, decoders): next-token cross-entropy, the first token conditioned on BOS.
+* ``counterfactual`` (ours): each sentence is trained together with its CDA counterpart and their outputs are
+  pulled together: for encoders and masked LMs the pooled sentence embeddings (loss ``1 - cos``), for causal LMs the
+  next-token distributions at every position whose next token is not a swapped word (symmetric KL over the
+  positions that difflib aligns between the two token sequences). The model's own LM loss on both sentences is the
+  regulariser; a bare encoder without an LM head instead keeps its embedding of the original sentence close to the
+  frozen base model's. ``loss = lm + beta * invariance``.
+
+Masking draws from a ``torch.Generator`` seeded per step, so a resumed run sees the same masks. Logits and hidden
+states are right-aligned to the input (prompt tuning prepends virtual tokens), so every method shares one loss.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .errors import DebiasError
+from .models import ModelKind
+
+OBJECTIVES = ("mlm", "clm", "counterfactual")
+
+
+def default_objective(kind: ModelKind) -> str:
+    """The paper's objective for a model kind; bare encoders have no LM head, so they need ``counterfactual``."""
+    return {ModelKind.MASKED_LM: "mlm", ModelKind.CAUSAL_LM: "clm", ModelKind.ENCODER: "counterfactual"}[kind]
+
+
+def check_objective(name: str, kind: ModelKind) -> None:
+    """Refuse unknown objectives and ones the model cannot train with."""
+    if name not in OBJECTIVES:
+        raise DebiasError(f"unknown objective {name!r} (known: {', '.join(OBJECTIVES)})", "pick a known objective")
+    allowed = {
+        ModelKind.MASKED_LM: {"mlm", "counterfactual"},
+        ModelKind.CAUSAL_LM: {"clm", "counterfactual"},
+        ModelKind.ENCODER: {"counterfactual"},
+    }[kind]
+    if name not in allowed:
+        raise DebiasError(
+            f"objective {name!r} does not fit a {kind.value} model", f"use --objective {' or '.join(sorted(allowed))}"
+        )
+
+
+@dataclass
+class ObjectiveConfig:
+    """Options of the objectives."""
+
+    mlm_probability: float = 0.15
+    whole_word_mask: bool = False
+    beta: float = 1.0  # weight of the counterfactual invariance term
+    max_length: int = 128
+
+
+def _tokenize(tokenizer, texts: Sequence[str], kind: ModelKind, max_length: int) -> dict[str, torch.Tensor]:
+    if kind is ModelKind.CAUSAL_LM:
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        ids = [[start, *tokenizer(t, add_special_tokens=False)["input_ids"][: max_length - 1]] for t in texts]
+        width = max(len(x) for x in ids)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else start
+        input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids])
+        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
+        return {"input_ids": input_ids, "attention_mask": mask}
+    enc = tokenizer(
+        list(texts),
+        padding=True,
+        truncation=True,
+        max_length=max_length,
+        return_tensors="pt",
+        return_special_tokens_mask=True,
+        return_token_type_ids=False,
+    )
+    if "word_ids" not in enc and getattr(enc, "word_ids", None):
+        word_ids = [[-1 if w is None else w for w in enc.word_ids(i)] for i in range(len(texts))]
+        enc["word_ids"] = torch.tensor(word_ids)
+    return dict(enc)
+
+
+def mask_tokens(batch: dict[str, torch.Tensor], tokenizer, cfg: ObjectiveConfig, gen: torch.Generator) -> None:
+    """Add MLM ``labels`` and mask ``input_ids`` in place (80/10/10), whole words if configured."""
+    ids = batch["input_ids"]
+    special = batch.get("special_tokens_mask", torch.zeros_like(ids)).bool() | ~batch["attention_mask"].bool()
+    if cfg.whole_word_mask and "word_ids" in batch:
+        words = batch["word_ids"]
+        pick = torch.rand(ids.shape, generator=gen) < cfg.mlm_probability
+        # a word is masked when its first sub-token is picked
+        first = torch.ones_like(words, dtype=torch.bool)
+        first[:, 1:] = words[:, 1:] != words[:, :-1]
+        chosen_words = torch.where(pick & first & ~special, words, torch.full_like(words, -2))
+        masked = (words[:, :, None] == chosen_words[:, None, :]).any(-1) & (words >= 0)
+    else:
+        masked = torch.rand(ids.shape, generator=gen) < cfg.mlm_probability
+    masked &= ~special
+    for row in range(ids.shape[0]):  # every sequence contributes at least one masked token
+        if not masked[row].any():
+            candidates = (~special[row]).nonzero().flatten()
+            if len(candidates):
+                masked[row, candidates[torch.randint(len(candidates), (1,), generator=gen)]] = True
+    labels = torch.where(masked, ids, torch.full_like(ids, -100))
+    roll = torch.rand(ids.shape, generator=gen)
+    ids = ids.clone()
+    ids[masked & (roll < 0.8)] = tokenizer.mask_token_id
+    random_pos = masked & (roll >= 0.8) & (roll < 0.9)
+    ids[random_pos] = torch.randint(len(tokenizer), ids.shape, generator=gen)[random_pos]
+    batch["input_ids"], batch["labels"] = ids, labels
+
+
+def collate(
+    rows: Sequence[dict[str, Any]],
+    objective: str,
+    tokenizer,
+    kind: ModelKind,
+    cfg: ObjectiveConfig,
+    gen: torch.Generator,
+) -> dict[str, Any]:
+    """Turn rows (``text``, and ``counterfactual`` for the counterfactual objective) into model inputs."""
+    if objective == "counterfactual":
+        out = {
+            "orig": _tokenize(tokenizer, [r["text"] for r in rows], kind, cfg.max_length),
+            "cf": _tokenize(tokenizer, [r["counterfactual"] for r in rows], kind, cfg.max_length),
+        }
+        if kind is ModelKind.MASKED_LM:
+            for side in ("orig", "cf"):
+                out[f"{side}_masked"] = {k: v.clone() for k, v in out[side].items()}
+                mask_tokens(out[f"{side}_masked"], tokenizer, cfg, gen)
+        return out
+    batch = _tokenize(tokenizer, [r["text"] for r in rows], kind, cfg.max_length)
+    if objective == "mlm":
+        mask_tokens(batch, tokenizer, cfg, gen)
+    return batch
+
+
+def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+
+def _mlm_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    logits = model(**_inputs(batch)).logits[:, -batch["input_ids"].shape[1] :]
+    return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100)
+
+
+def _clm_logits_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    logits = model(**_inputs(batch)).logits[:, -ids.shape[1] :]
+    labels = torch.where(mask.bool(), ids, torch.full_like(ids, -100))[:, 1:]
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+    return logits, loss
+
+
+def _pooled(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    out = model(**_inputs(batch), output_hidden_states=True)
+    hidden = out.hidden_states[-1][:, -batch["input_ids"].shape[1] :]
+    weights = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+def _aligned_positions(a: torch.Tensor, la: int, b: torch.Tensor, lb: int) -> tuple[list[int], list[int]]:
+    """Positions (i in a, j in b) whose NEXT tokens lie in a block that difflib matches between a and b."""
+    matcher = difflib.SequenceMatcher(None, a[:la].tolist(), b[:lb].tolist(), autojunk=False)
+    left, right = [], []
+    for block in matcher.get_matching_blocks():
+        for k in range(block.size):
+            if block.a + k >= 1 and block.b + k >= 1:
+                left.append(block.a + k - 1)
+                right.append(block.b + k - 1)
+    return left, right
+
+
+def _next_token_divergence(logits_a: torch.Tensor, batch_a, logits_b: torch.Tensor, batch_b) -> torch.Tensor:
+    terms = []
+    len_a, len_b = batch_a["attention_mask"].sum(1), batch_b["attention_mask"].sum(1)
+    for row in range(logits_a.shape[0]):
+        i, j = _aligned_positions(
+            batch_a["input_ids"][row], int(len_a[row]), batch_b["input_ids"][row], int(len_b[row])
+        )
+        if not i:
+            continue
+        pa = F.log_softmax(logits_a[row, i].float(), -1)
+        pb = F.log_softmax(logits_b[row, j].float(), -1)
+        sym_kl = (pa.exp() * (pa - pb)).sum(-1) + (pb.exp() * (pb - pa)).sum(-1)
+        terms.append(0.5 * sym_kl.mean())
+    return torch.stack(terms).mean() if terms else logits_a.sum() * 0.0
+
+
+def _reference_model(model):
+    """A context manager giving outputs of the frozen base: LoRA/IA3 are switched off, prompt learning bypassed."""
+    import contextlib
+
+    unwrapped = getattr(model, "module", model)
+    if getattr(unwrapped, "active_peft_config", None) is not None and unwrapped.active_peft_config.is_prompt_learning:
+        return contextlib.nullcontext(unwrapped.get_base_model())
+
+    @contextlib.contextmanager
+    def disabled():
+        with unwrapped.disable_adapter():
+            yield unwrapped
+
+    return disabled()
+
+
+def compute_loss(
+    model, batch: dict[str, Any], objective: str, kind: ModelKind, cfg: ObjectiveConfig
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The objective's loss on a collated batch, plus its parts for logging."""
+    if objective == "mlm":
+        loss = _mlm_loss(model, batch)
+        return loss, {"lm": float(loss.detach())}
+    if objective == "clm":
+        loss = _clm_logits_loss(model, batch)[1]
+        return loss, {"lm": float(loss.detach())}
+    orig, cf = batch["orig"], batch["cf"]
+    if kind is ModelKind.CAUSAL_LM:
+        logits_o, lm_o = _clm_logits_loss(model, orig)
+        logits_c, lm_c = _clm_logits_loss(model, cf)
+        lm = (lm_o + lm_c) / 2
+        invariance = _next_token_divergence(logits_o, orig, logits_c, cf)
+    else:
+        emb_o, emb_c = _pooled(model, orig), _pooled(model, cf)
+        invariance = (1 - F.cosine_similarity(emb_o.float(), emb_c.float(), dim=-1)).mean()
+        if kind is ModelKind.MASKED_LM:
+            lm = (_mlm_loss(model, batch["orig_masked"]) + _mlm_loss(model, batch["cf_masked"])) / 2
+        else:
+            with torch.no_grad(), _reference_model(model) as ref:
+                target = _pooled(ref, orig)
+            lm = (1 - F.cosine_similarity(emb_o.float(), target.float(), dim=-1)).mean()
+    loss = lm + cfg.beta * invariance
+    return loss, {"lm": float(lm.detach()), "invariance": float(invariance.detach())}
