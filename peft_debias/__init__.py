@@ -21,7 +21,11 @@ _EXPORTS = {
     "swap": "peft_debias.cda",
     "build_cda_dataset": "peft_debias.corpora",
     "load_model": "peft_debias.models",
+    "train_adapter": "peft_debias.train",
+    "TrainConfig": "peft_debias.train",
+    "METHODS": "peft_debias.methods",
     "ModelKind": "peft_debias.models",
+    "evaluate_bias": "peft_debias.eval",
 }
 
 __all__ = ["__version__", *_EXPORTS]
