@@ -1,0 +1,134 @@
+"""Objectives: masking rules, difflib alignment for the counterfactual loss, training rows and methods."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from peft_debias.errors import DebiasError
+from peft_debias.methods import LORA_TARGETS, build_peft_config, get_method
+from peft_debias.models import ModelKind, load_model
+from peft_debias.objectives import (
+    ObjectiveConfig,
+    _aligned_positions,
+    check_objective,
+    collate,
+    compute_loss,
+    default_objective,
+    mask_tokens,
+)
+from peft_debias.trainer_loop import RowStream, _rows
+
+
+@pytest.fixture(scope="module")
+def bert(tiny_models):
+    return load_model(str(tiny_models["bert"]))
+
+
+def test_masking_rate_specials_and_determinism(bert) -> None:
+    texts = ["he is a doctor and she is a nurse at the hospital today"] * 64
+    enc = bert.tokenizer(texts, padding=True, return_tensors="pt", return_special_tokens_mask=True)
+    batches = []
+    for _ in range(2):
+        batch = {k: v.clone() for k, v in enc.items()}
+        mask_tokens(batch, bert.tokenizer, ObjectiveConfig(), torch.Generator().manual_seed(7))
+        batches.append(batch)
+    assert torch.equal(batches[0]["input_ids"], batches[1]["input_ids"])  # same generator, same masks
+    labels = batches[0]["labels"]
+    masked = labels != -100
+    assert not masked[enc["special_tokens_mask"].bool()].any()  # [CLS]/[SEP] never masked
+    rate = masked.sum() / (~enc["special_tokens_mask"].bool()).sum()
+    assert 0.10 < rate < 0.20
+    assert torch.equal(labels[masked], enc["input_ids"][masked])  # labels hold the original tokens
+    mask_share = (batches[0]["input_ids"][masked] == bert.tokenizer.mask_token_id).float().mean()
+    assert 0.7 < mask_share < 0.9  # 80% [MASK], the rest random or kept
+
+
+def test_whole_word_masking_masks_all_pieces_of_a_word(bert) -> None:
+    text = "the nurse administered unbelievably complicated medication"
+    cfg = ObjectiveConfig(whole_word_mask=True, mlm_probability=0.5)
+    batch = collate(
+        [{"text": text}] * 16, "mlm", bert.tokenizer, ModelKind.MASKED_LM, cfg, torch.Generator().manual_seed(1)
+    )
+    words = batch["word_ids"]
+    assert (words[0] >= 0).sum() > len(text.split())  # some words are split into several pieces
+    masked = batch["labels"] != -100
+    for row in range(16):
+        for word in words[row].unique():
+            if word < 0:
+                continue
+            pieces = masked[row][words[row] == word]
+            assert pieces.all() or not pieces.any()
+
+
+def test_aligned_positions_skip_the_swapped_words() -> None:
+    # BOS he went home / BOS she went home : next tokens "went", "home" are shared, "he"/"she" are not
+    a, b = torch.tensor([0, 11, 20, 30]), torch.tensor([0, 12, 20, 30])
+    assert _aligned_positions(a, 4, b, 4) == ([1, 2], [1, 2])
+    # a swapped word that tokenises into two pieces shifts the alignment: BOS her book / BOS h is book
+    a, b = torch.tensor([0, 5, 40]), torch.tensor([0, 6, 7, 40])
+    assert _aligned_positions(a, 3, b, 4) == ([1], [2])
+
+
+def test_counterfactual_loss_is_zero_for_identical_pairs(tiny_models) -> None:
+    llama = load_model(str(tiny_models["llama"]))
+    rows = [{"text": "he is a doctor", "counterfactual": "he is a doctor"}]
+    batch = collate(
+        rows,
+        "counterfactual",
+        llama.tokenizer,
+        ModelKind.CAUSAL_LM,
+        ObjectiveConfig(),
+        torch.Generator().manual_seed(0),
+    )
+    _, parts = compute_loss(llama.model, batch, "counterfactual", ModelKind.CAUSAL_LM, ObjectiveConfig())
+    assert parts["invariance"] == pytest.approx(0.0, abs=1e-6)
+    rows = [{"text": "he is a doctor", "counterfactual": "she is a doctor"}]
+    batch = collate(
+        rows,
+        "counterfactual",
+        llama.tokenizer,
+        ModelKind.CAUSAL_LM,
+        ObjectiveConfig(),
+        torch.Generator().manual_seed(0),
+    )
+    assert (
+        compute_loss(llama.model, batch, "counterfactual", ModelKind.CAUSAL_LM, ObjectiveConfig())[1]["invariance"] > 0
+    )
+
+
+def test_training_rows_with_and_without_cda() -> None:
+    ds = {
+        "text": ["He ran.", "The rabbi sang."],
+        "counterfactuals": [["She ran."], ["The priest sang.", "The imam sang."]],
+    }
+    assert _rows(ds, "clm", True) == [
+        {"text": t} for t in ["He ran.", "She ran.", "The rabbi sang.", "The priest sang.", "The imam sang."]
+    ]
+    assert _rows(ds, "clm", False) == [{"text": "He ran."}, {"text": "The rabbi sang."}]
+    assert _rows(ds, "counterfactual", True)[1:] == [
+        {"text": "The rabbi sang.", "counterfactual": "The priest sang."},
+        {"text": "The rabbi sang.", "counterfactual": "The imam sang."},
+    ]
+    assert _rows(ds, "counterfactual", False)[0] == {"text": "He ran.", "counterfactual": "He ran."}
+
+
+def test_row_stream_is_a_seeded_permutation_per_epoch() -> None:
+    stream = RowStream(5, seed=3)
+    first, second = stream.take(0, 5), stream.take(5, 5)
+    assert sorted(first) == sorted(second) == list(range(5)) and first != second
+    assert RowStream(5, seed=3).take(3, 4) == (first + second)[3:7]
+
+
+def test_objective_and_method_registries() -> None:
+    assert default_objective(ModelKind.ENCODER) == "counterfactual"
+    with pytest.raises(DebiasError, match="objective 'clm' does not fit a masked_lm model"):
+        check_objective("clm", ModelKind.MASKED_LM)
+    with pytest.raises(DebiasError, match=r"unknown method 'x' \(known: lora, prefix, prompt, ia3\)"):
+        get_method("x")
+    config = build_peft_config("lora", ModelKind.MASKED_LM, "bert")
+    assert config.task_type.value == "FEATURE_EXTRACTION" and set(config.target_modules) == {"query", "value"}
+    assert build_peft_config("prefix", ModelKind.CAUSAL_LM, "llama").task_type.value == "CAUSAL_LM"
+    assert LORA_TARGETS["llama"] == ["q_proj", "v_proj"]
+    with pytest.raises(DebiasError, match="no default LoRA target modules for model type 'mamba'"):
+        build_peft_config("lora", ModelKind.CAUSAL_LM, "mamba")
