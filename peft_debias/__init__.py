@@ -25,6 +25,7 @@ _EXPORTS = {
     "TrainConfig": "peft_debias.train",
     "METHODS": "peft_debias.methods",
     "ModelKind": "peft_debias.models",
+    "load_debias_adapter": "peft_debias.loader",
     "evaluate_bias": "peft_debias.eval",
 }
 

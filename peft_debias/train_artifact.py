@@ -12,7 +12,17 @@ from .atomic import atomic_output
 
 
 def adapter_info(
-    config, loaded, kind, objective: str, axis, cda_stats, base_fingerprint: str, result, world: int, peft_type: str
+    config,
+    loaded,
+    kind,
+    objective: str,
+    axis,
+    cda_stats,
+    base_fingerprint: str,
+    result,
+    world: int,
+    peft_type: str,
+    backbone_fp: str | None = None,
 ) -> dict[str, Any]:
     """The ``debias_config.json`` content of a trained adapter."""
     method: dict[str, Any] = {"name": config.method, "peft_type": peft_type}
@@ -37,6 +47,7 @@ def adapter_info(
             "kind": kind.value,
             "model_type": getattr(loaded.model.config, "model_type", None),
             "weights_fingerprint": base_fingerprint,
+            "backbone_fingerprint": backbone_fp,
         },
         "corpus": corpus_provenance(config.corpus),
         "cda": {"swapped": config.cda, "mode": config.cda_mode, **cda_stats.to_dict()},
@@ -63,11 +74,24 @@ def adapter_info(
 
 
 def write_artifact(
-    config, work: Path, model, loaded, kind, objective, axis, cda_stats, base_fingerprint, result, world: int
+    config,
+    work: Path,
+    model,
+    loaded,
+    kind,
+    objective,
+    axis,
+    cda_stats,
+    base_fingerprint,
+    result,
+    world: int,
+    backbone_fp: str | None = None,
 ) -> None:
     """Save the adapter folder at ``config.output`` (complete or absent)."""
     peft_type = str(model.peft_config["default"].peft_type.value)
-    info = adapter_info(config, loaded, kind, objective, axis, cda_stats, base_fingerprint, result, world, peft_type)
+    info = adapter_info(
+        config, loaded, kind, objective, axis, cda_stats, base_fingerprint, result, world, peft_type, backbone_fp
+    )
     with atomic_output(config.output, overwrite=config.overwrite, directory=True) as tmp:
         model.save_pretrained(str(tmp))
         write_json(tmp / "debias_config.json", info)

@@ -74,6 +74,7 @@ def run_training(config: TrainConfig, work: Path) -> TrainResult:
 
     from .axes import get_axis
     from .corpora import CDAConfig, build_cda_dataset
+    from .loader_checks import backbone_fingerprint
     from .methods import MethodOptions, wrap_model
     from .models import ModelKind, load_model, weights_fingerprint
     from .objectives import ObjectiveConfig, check_objective, collate, default_objective
@@ -102,6 +103,7 @@ def run_training(config: TrainConfig, work: Path) -> TrainResult:
     if objective in ("mlm", "counterfactual") and kind is ModelKind.MASKED_LM and loaded.tokenizer.mask_token is None:
         raise DebiasError("the tokenizer has no mask token", "use a masked LM with a [MASK] token")
     base_fingerprint = weights_fingerprint(loaded.model)
+    backbone_fp = backbone_fingerprint(loaded.model)  # equal across heads: the downstream loader's base check
     options = MethodOptions(
         r=config.r,
         alpha=config.alpha,
@@ -243,7 +245,18 @@ def run_training(config: TrainConfig, work: Path) -> TrainResult:
         from .train_artifact import write_artifact
 
         write_artifact(
-            config, work, unwrapped, loaded, kind, objective, axis, cda_stats, base_fingerprint, result, world
+            config,
+            work,
+            unwrapped,
+            loaded,
+            kind,
+            objective,
+            axis,
+            cda_stats,
+            base_fingerprint,
+            result,
+            world,
+            backbone_fp=backbone_fp,
         )
         shutil.rmtree(work, ignore_errors=True)
     accelerator.wait_for_everyone()
