@@ -31,8 +31,13 @@ def reference_loop(model_name: str, rows: list[str], steps: int, batch_size: int
 
     loaded = load_model(model_name)
     model, tok = loaded.model, loaded.tokenizer
-    config = LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, lora_dropout=0.0,
-                        target_modules=LORA_TARGETS[model.config.model_type])
+    config = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=8,
+        lora_alpha=16,
+        lora_dropout=0.0,
+        target_modules=LORA_TARGETS[model.config.model_type],
+    )
     model = get_peft_model(model, config)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
@@ -59,18 +64,34 @@ def ours(model_name: str, corpus: str, steps: int, batch_size: int, max_length: 
     from peft_debias.train import train_adapter
 
     with tempfile.TemporaryDirectory() as tmp:
-        result = train_adapter(base=model_name, corpus=[corpus], output=str(Path(tmp) / "out"), method="lora", r=8,
-                               alpha=16, max_steps=steps, batch_size=batch_size, max_length=max_length, lr=lr,
-                               warmup_ratio=0.0, eval_fraction=0.0, eval_every=0, save_every=0, log_every=steps,
-                               progress=False)
+        result = train_adapter(
+            base=model_name,
+            corpus=[corpus],
+            output=str(Path(tmp) / "out"),
+            method="lora",
+            r=8,
+            alpha=16,
+            max_steps=steps,
+            batch_size=batch_size,
+            max_length=max_length,
+            lr=lr,
+            warmup_ratio=0.0,
+            eval_fraction=0.0,
+            eval_every=0,
+            save_every=0,
+            log_every=steps,
+            progress=False,
+        )
     return result.seconds_per_step
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="bundled:smollm2")
-    parser.add_argument("--corpus", default=os.path.join(os.environ.get("PEFT_DEBIAS_DATA", "../shared/data"),
-                                                         "wikitext2", "valid.tokens.txt"))
+    parser.add_argument(
+        "--corpus",
+        default=os.path.join(os.environ.get("PEFT_DEBIAS_DATA", "../shared/data"), "wikitext2", "valid.tokens.txt"),
+    )
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -91,8 +112,10 @@ def main() -> None:
         ref_times.append(reference_loop(args.model, rows, args.steps, args.batch_size, args.max_length, 2e-4))
         our_times.append(ours(args.model, args.corpus, args.steps, args.batch_size, args.max_length, 2e-4))
     ref, our = statistics.median(ref_times), statistics.median(our_times)
-    print(f"model {args.model}, {args.steps} steps x batch {args.batch_size}, max_length {args.max_length}, "
-          f"{args.threads} threads, {args.repeats} alternating repeats")
+    print(
+        f"model {args.model}, {args.steps} steps x batch {args.batch_size}, max_length {args.max_length}, "
+        f"{args.threads} threads, {args.repeats} alternating repeats"
+    )
     print(f"reference (plain peft + torch): {ref:.3f} s/step  runs {[round(t, 3) for t in ref_times]}")
     print(f"peft-debias train_adapter:      {our:.3f} s/step  runs {[round(t, 3) for t in our_times]}")
     print(f"ratio ours / reference: {our / ref:.3f} (target <= 1.05)")

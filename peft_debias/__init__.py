@@ -27,6 +27,7 @@ _EXPORTS = {
     "ModelKind": "peft_debias.models",
     "load_debias_adapter": "peft_debias.loader",
     "evaluate_bias": "peft_debias.eval",
+    "evaluate_bias": "peft_debias.eval",
 }
 
 __all__ = ["__version__", *_EXPORTS]

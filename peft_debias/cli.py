@@ -24,6 +24,7 @@ PROG = "peft-debias"
 COMMANDS: dict[str, str] = {
     "cda": "peft_debias.commands.cda",
     "demo": "peft_debias.commands.demo",
+    "eval": "peft_debias.commands.eval",
     "merge": "peft_debias.commands.merge",
     "train": "peft_debias.commands.train",
 }

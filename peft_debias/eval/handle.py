@@ -1,0 +1,94 @@
+"""The model under evaluation: a name, a loaded model or a model object, plus adapters -> :class:`ModelHandle`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import DebiasError
+
+if TYPE_CHECKING:
+    from ..models import ModelKind
+
+
+@dataclass
+class ModelHandle:
+    """The model being evaluated: model, tokenizer, kind, a display name and the adapters attached."""
+
+    model: Any
+    tokenizer: Any
+    kind: ModelKind
+    name: str
+    adapters: list[dict[str, Any]] = field(default_factory=list)
+
+
+def infer_kind(model: Any) -> ModelKind:
+    """A model object's kind from its class (PEFT wrappers unwrapped): ``*ForMaskedLM`` masked, ``*ForCausalLM``
+    / ``*LMHeadModel`` causal, anything else an encoder."""
+    from ..models import ModelKind
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    name = type(base).__name__
+    if name.endswith("ForMaskedLM"):
+        return ModelKind.MASKED_LM
+    if name.endswith(("ForCausalLM", "LMHeadModel")):
+        return ModelKind.CAUSAL_LM
+    return ModelKind.ENCODER
+
+
+def resolve_model(
+    model: Any, tokenizer: Any = None, *, kind: str | ModelKind | None = None, adapters: Iterable[str] = ()
+) -> ModelHandle:
+    """A model name / alias / folder, a :class:`~peft_debias.models.LoadedModel`, or a model object (+ tokenizer)
+    -> a :class:`ModelHandle`, with ``adapters`` attached (:func:`~peft_debias.eval.adapters.attach_adapters`)."""
+    from ..models import LoadedModel, ModelKind, load_model, load_tokenizer
+    from .adapters import attach_adapters
+
+    if isinstance(model, (str, Path)):
+        loaded = load_model(str(model), kind)
+        handle = ModelHandle(loaded.model, loaded.tokenizer, loaded.kind, loaded.name)
+    elif isinstance(model, LoadedModel):
+        handle = ModelHandle(model.model, tokenizer or model.tokenizer, model.kind, model.name)
+    else:
+        name = str(getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__)
+        if tokenizer is None:
+            try:
+                tokenizer = load_tokenizer(name)
+            except DebiasError as err:
+                raise DebiasError(
+                    f"no tokenizer given for the model object ({err.problem})", "pass tokenizer="
+                ) from err
+        handle = ModelHandle(model, tokenizer, ModelKind(kind) if kind else infer_kind(model), name)
+    handle.model, handle.adapters = attach_adapters(handle.model, list(adapters))
+    handle.model.eval()
+    return handle
+
+
+def peek_kind(model: Any, kind: str | ModelKind | None = None) -> ModelKind | None:
+    """The kind ``model`` will be evaluated as, found without loading weights (None when that is not cheap).
+
+    Used to check the data and the benchmark / kind combination before a model is loaded.
+    """
+    from ..models import LoadedModel, ModelKind
+
+    if kind is not None:
+        try:
+            return ModelKind(kind)
+        except ValueError:
+            return None
+    if isinstance(model, LoadedModel):
+        return model.kind
+    if not isinstance(model, (str, Path)):
+        return infer_kind(model)
+    from transformers import AutoConfig
+
+    from ..models import BUNDLED_PREFIX, bundled_model_path, detect_kind
+
+    name = str(model)
+    try:
+        folder = bundled_model_path(name) if name.startswith(BUNDLED_PREFIX) else name
+        return detect_kind(AutoConfig.from_pretrained(folder))
+    except Exception:  # anything unusual: leave it to the real load, which reports it properly
+        return None

@@ -1,0 +1,328 @@
+"""Batched model scoring for the benchmarks: causal log-probs, masked-token log-probs, mean-pooled embeddings.
+
+All three work on plain transformers models and on PEFT-wrapped ones, prompt learning included: prompt tuning
+prepends virtual tokens to the sequence, so the model's outputs are longer than the input; every position is
+offset by ``output length - input length`` (zero for LoRA and prefix tuning).
+
+Speed: sequences are sorted by length and padded per batch (attention masks exclude the padding), and the LM
+head (the vocabulary projection, as costly as a small encoder's whole body) is evaluated only at the positions
+that are scored: a forward pre-hook on ``model.get_output_embeddings()`` hands it just those hidden states. A
+model whose head cannot be hooked falls back to full logits, with the same numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import DebiasError
+from .packed import batch as packed_batch
+from .packed import pack, packing_works
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter (no global device anywhere)."""
+    return next(model.parameters()).device
+
+
+def virtual_tokens(model: Any) -> int:
+    """Number of virtual tokens of an active PEFT prompt-learning adapter (prefix / prompt / p-tuning), else 0."""
+    configs = getattr(model, "peft_config", None)
+    if not configs:
+        return 0
+    config = configs.get(getattr(model, "active_adapter", None) or "", None)
+    if config is None or not getattr(config, "is_prompt_learning", False):
+        return 0
+    return int(getattr(config, "num_virtual_tokens", 0) or 0)
+
+
+def max_sequence_length(model: Any, tokenizer: Any) -> int:
+    """Longest input (in tokens) the model takes, leaving room for a prompt-learning adapter's virtual tokens."""
+    limits = []
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            limits.append(value)
+            break
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
+        limits.append(tok_max)
+    limit = min(limits) if limits else 512
+    return max(8, limit - virtual_tokens(model))
+
+
+def start_token_id(tokenizer: Any) -> int:
+    """The token the first token of a sentence is conditioned on: BOS, else EOS."""
+    for value in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if value is not None:
+            return int(value)
+    raise DebiasError(
+        "the tokenizer has neither a BOS nor an EOS token to condition a sentence's first token on",
+        "use a causal LM whose tokenizer defines bos_token or eos_token",
+    )
+
+
+def mask_token_id(tokenizer: Any, model_name: str = "the model") -> int:
+    """The tokenizer's mask token id; a clear error for a tokenizer without one."""
+    if getattr(tokenizer, "mask_token_id", None) is None:
+        raise DebiasError(
+            f"the tokenizer of {model_name} has no mask token, so masked-LM scoring is impossible",
+            "score it as a causal LM (--kind causal_lm) or run seat",
+        )
+    return int(tokenizer.mask_token_id)
+
+
+class _HeadRows:
+    """Forward pre-hook on the LM head: keep only the hidden states at ``(rows, cols)`` of the input grid."""
+
+    def __init__(self, width: int, rows: torch.Tensor, cols: torch.Tensor) -> None:
+        self.width, self.rows, self.cols, self.fired = width, rows, cols, False
+
+    def __call__(self, module: torch.nn.Module, args: tuple) -> tuple:
+        hidden = args[0]
+        if self.fired or hidden.dim() != 3:  # only the first call, on (batch, length, hidden)
+            return args
+        self.fired = True
+        offset = hidden.shape[1] - self.width
+        return (hidden[self.rows, self.cols + offset].unsqueeze(0), *args[1:])
+
+
+@contextlib.contextmanager
+def _head_only_at(model: Any, hook: _HeadRows) -> Iterator[None]:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    handle = head.register_forward_pre_hook(hook) if isinstance(head, torch.nn.Module) else None
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and attention mask (padding at the end also keeps causal positions right)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, seq in enumerate(seqs):
+        ids[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+        mask[i, : len(seq)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _inputs(ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    # No token_type_ids: BERT-style models default to zeros (one segment), and PEFT prompt learning rejects them.
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def head_log_softmax(
+    model: Any, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, **extra: Any
+) -> torch.Tensor:
+    """Log-softmax over the vocabulary at the input positions ``(rows[k], cols[k])``: a ``(k, vocab)`` tensor.
+
+    ``extra`` goes to the model too (the packed path passes ``position_ids`` and a 4-D ``mask``).
+    """
+    hook = _HeadRows(ids.shape[1], rows, cols)
+    with _head_only_at(model, hook):
+        logits = model(**_inputs(ids, mask), **extra).logits
+    if hook.fired:
+        picked = logits[0]
+    else:  # the head could not be hooked: full logits, offset past any virtual tokens
+        offset = logits.shape[1] - ids.shape[1]
+        picked = logits[rows, cols + offset]
+    return torch.log_softmax(picked.float(), dim=-1)
+
+
+def _batches(order: Sequence[int], batch_size: int, desc: str, progress: bool | None) -> Iterator[list[int]]:
+    starts = range(0, len(order), max(1, batch_size))
+    for lo in tqdm(starts, desc=desc, leave=False, disable=None if progress is None else not progress):
+        yield list(order[lo : lo + batch_size])
+
+
+@torch.inference_mode()
+def causal_logprob_sums(
+    model: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 32,
+    bos: str = "context",
+    groups: Sequence[Sequence[int]] | None = None,
+    progress: bool | None = None,
+) -> list[tuple[float, int]]:
+    """``(sum of token log-probs, token count)`` of each text under a causal LM; mean = sum / count.
+
+    The text's tokens (no special tokens added) are all scored, the first one conditioned on the BOS token
+    (EOS if there is none), as in bias-bench's CrowS-Pairs / StereoSet causal scoring. ``bos="context"``
+    feeds ``[BOS] + tokens`` in one forward, so every token also sees BOS (the natural input of a model trained
+    with one). ``bos="separate"`` reproduces bias-bench literally: the first token's probability comes from a
+    forward on BOS alone and the rest from a forward on the tokens without BOS.
+
+    ``groups`` (lists of text indices, e.g. the two sentences of a CrowS-Pairs pair) are scored packed, their
+    shared prefix computed once (:mod:`peft_debias.eval.packed`), with the same numbers.
+    """
+    if bos not in ("context", "separate"):
+        raise DebiasError(f"unknown causal BOS mode {bos!r}", "use 'context' or 'separate'")
+    start = start_token_id(tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else start
+    limit = max_sequence_length(model, tokenizer)
+    device = model_device(model)
+    body = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    if any(len(b) + 1 > limit for b in body):
+        raise DebiasError(
+            f"a sentence is longer than the model's {limit}-token limit",
+            "shorten it or use a model with a longer context",
+        )
+    first: torch.Tensor | None = None  # bos="separate": log-probs of the first token given BOS alone
+    if bos == "separate":
+        one = torch.tensor([[start]], device=device)
+        logits = model(**_inputs(one, torch.ones_like(one))).logits[0, -1]
+        first = torch.log_softmax(logits.float(), dim=-1).double().cpu()
+    seqs = [[start, *b] for b in body] if bos == "context" else [list(b) for b in body]
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None) or len(tokenizer)
+    if groups is not None and bos == "context" and not virtual_tokens(model) and packing_works(model, start, vocab):
+        return _packed_sums(model, seqs, groups, pad, batch_size, progress)
+    order = sorted((i for i in range(len(texts)) if len(seqs[i]) > 1), key=lambda i: len(seqs[i]))
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(texts)
+    for idx in _batches(order, batch_size, "causal scoring", progress):
+        ids, mask = pad_batch([seqs[i] for i in idx], pad, device)
+        lengths = mask.sum(1)
+        valid = torch.arange(ids.shape[1] - 1, device=device)[None, :] < (lengths[:, None] - 1)
+        rows, cols = valid.nonzero(as_tuple=True)
+        logp = head_log_softmax(model, ids, mask, rows, cols)
+        lp = logp.gather(-1, ids[rows, cols + 1][:, None]).squeeze(-1).double().cpu()
+        sums = torch.zeros(len(idx), dtype=torch.float64).index_add_(0, rows.cpu(), lp)
+        for r, i in enumerate(idx):
+            out[i] = (float(sums[r]), int(lengths[r]) - 1)
+    if first is not None:
+        for i, b in enumerate(body):
+            if b:
+                total, count = out[i]
+                out[i] = (total + float(first[b[0]]), count + 1)
+    return out
+
+
+def _packed_sums(
+    model: Any,
+    seqs: list[list[int]],
+    groups: Sequence[Sequence[int]],
+    pad: int,
+    batch_size: int,
+    progress: bool | None,
+) -> list[tuple[float, int]]:
+    seen: set[int] = set()
+    members: list[list[int]] = []
+    for group in [*groups, *([i] for i in range(len(seqs)))]:  # then every text not in a group, alone
+        kept = [i for i in group if i not in seen and len(seqs[i]) > 1]
+        seen.update(kept)
+        if kept:
+            members.append(kept)
+    packed = [pack([seqs[i] for i in m]) for m in members]
+    device, dtype = model_device(model), next(model.parameters()).dtype
+    per_batch = max(1, batch_size * len(members) // max(1, sum(len(m) for m in members)))
+    sums = torch.zeros(len(seqs), dtype=torch.float64)
+    order = sorted(range(len(packed)), key=lambda k: len(packed[k].ids))
+    for idx in _batches(order, per_batch, "causal scoring (packed)", progress):
+        inputs = packed_batch([packed[k] for k in idx], pad, dtype, device)
+        cells: dict[tuple[int, int], int] = {}  # (batch row, logits row) -> row of the head output
+        which, targets, owners = [], [], []
+        for r, k in enumerate(idx):
+            for member, row, target in packed[k].scored:
+                which.append(cells.setdefault((r, row), len(cells)))
+                targets.append(target)
+                owners.append(members[k][member])
+        rows = torch.tensor([r for r, _ in cells], device=device)
+        cols = torch.tensor([c for _, c in cells], device=device)
+        logp = head_log_softmax(
+            model, inputs["input_ids"], inputs["attention_mask"], rows, cols, position_ids=inputs["position_ids"]
+        )
+        picked = logp[torch.tensor(which, device=device), torch.tensor(targets, device=device)].double().cpu()
+        sums.index_add_(0, torch.tensor(owners), picked)
+    return [(float(sums[i]), max(len(s) - 1, 0)) for i, s in enumerate(seqs)]
+
+
+@torch.inference_mode()
+def masked_logprobs(
+    model: Any,
+    tokenizer: Any,
+    sequences: Sequence[Sequence[int]],
+    rows: Sequence[tuple[int, int, int]],
+    *,
+    batch_size: int = 64,
+    progress: bool | None = None,
+    desc: str = "masked scoring",
+) -> np.ndarray:
+    """For each row ``(sequence index, position, target id)``: ``log p(target)`` at that position when it is masked.
+
+    Each distinct ``(sequence, position)`` is one copy of the sequence with that single position replaced by the
+    mask token, run once however many rows (targets) read it; copies of many sequences share a batch (sorted
+    by length), and the LM head runs only at the masked positions.
+    """
+    mask_id = mask_token_id(tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else mask_id
+    device = model_device(model)
+    limit = max_sequence_length(model, tokenizer)
+    if any(len(s) > limit for s in sequences):
+        raise DebiasError(
+            f"a sentence is longer than the model's {limit}-token limit",
+            "shorten it or use a model with a longer context",
+        )
+    copies: dict[tuple[int, int], int] = {}
+    for seq, pos, _ in rows:
+        copies.setdefault((seq, pos), len(copies))
+    keys = list(copies)
+    readers: list[list[int]] = [[] for _ in keys]
+    for r, (seq, pos, _) in enumerate(rows):
+        readers[copies[(seq, pos)]].append(r)
+    out = np.zeros(len(rows), dtype=np.float64)
+    order = sorted(range(len(keys)), key=lambda k: len(sequences[keys[k][0]]))
+    for idx in _batches(order, batch_size, desc, progress):
+        batch = []
+        for k in idx:
+            seq = list(sequences[keys[k][0]])
+            seq[keys[k][1]] = mask_id
+            batch.append(seq)
+        ids, mask = pad_batch(batch, pad, device)
+        cols = torch.tensor([keys[k][1] for k in idx], device=device)
+        logp = head_log_softmax(model, ids, mask, torch.arange(len(idx), device=device), cols)
+        which = [(j, r) for j, k in enumerate(idx) for r in readers[k]]
+        picked = logp[[j for j, _ in which], [rows[r][2] for _, r in which]]
+        out[[r for _, r in which]] = picked.double().cpu().numpy()
+    return out
+
+
+@torch.inference_mode()
+def mean_pooled_embeddings(
+    model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 64, progress: bool | None = None
+) -> np.ndarray:
+    """Mean over tokens (padding and virtual tokens excluded) of the last hidden state, one float64 row per text.
+
+    As in SEAT (May et al. 2019; bias-bench ``seat.py``): the tokenizer's special tokens are included, the
+    last layer is averaged, and the vectors are L2-normalised. For causal LMs the same mean pooling is used.
+    """
+    device = model_device(model)
+    limit = max_sequence_length(model, tokenizer)
+    rows: list[np.ndarray | None] = [None] * len(texts)
+    encoded = [tokenizer(t, truncation=True, max_length=limit)["input_ids"] for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    empty = torch.zeros(0, dtype=torch.long, device=device)
+    for idx in _batches(order, batch_size, "encoding", progress):
+        ids, mask = pad_batch([encoded[i] for i in idx], pad, device)  # right padding, also for causal LMs
+        with _head_only_at(model, _HeadRows(ids.shape[1], empty, empty)):  # no LM head needed: no positions
+            result = model(**_inputs(ids, mask), output_hidden_states=True)
+        hidden = getattr(result, "last_hidden_state", None)
+        if hidden is None:
+            hidden = result.hidden_states[-1]
+        hidden = hidden[:, hidden.shape[1] - ids.shape[1] :].double()
+        weights = mask.unsqueeze(-1).double()
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+        pooled = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+        for r, i in enumerate(idx):
+            rows[i] = pooled[r]
+    return np.stack(rows) if rows else np.zeros((0, 0))  # type: ignore[arg-type]

@@ -1,0 +1,378 @@
+"""The benchmark registry and :func:`evaluate_bias`, the one entry point behind ``peft-debias eval``.
+
+Each benchmark is a :class:`Benchmark` in :data:`BENCHMARKS`: a ``load`` step that reads and validates its data
+(run before the model is loaded, so bad data fails fast) and a ``run`` step that scores a model. Adding one
+is :func:`register_benchmark`; a duplicate name is an error, an unknown one lists the known names.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import platform
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import DebiasError
+from .handle import ModelHandle, peek_kind, resolve_model
+from .results import SCHEMA_VERSION, compare_results, load_results
+from .sources import DataSource, check_axes, hub_rows, parse_names, sha256_of
+
+if TYPE_CHECKING:
+    from ..models import ModelKind
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalConfig:
+    """Options of an evaluation run (the CLI flags map one to one)."""
+
+    seat_tests: str | list[str] = field(
+        default="all", metadata={"help": "SEAT tests: 'all' files in seat/, 'axes' (the axes' tests) or names"}
+    )
+    n_samples: int = field(default=100_000, metadata={"help": "SEAT permutation samples (exact if C(2n,n) <= this)"})
+    n_bootstrap: int = field(default=10_000, metadata={"help": "bootstrap resamples for the 95% intervals (0: none)"})
+    seed: int = field(default=0, metadata={"help": "seed of the permutation tests and bootstraps"})
+    batch_size: int = field(default=32, metadata={"help": "sentences per forward (masked copies: twice as many)"})
+    causal_bos: str = field(
+        default="context", metadata={"help": "'context': score [BOS]+tokens; 'separate': bias-bench's two forwards"}
+    )
+    crows_mlm_tokens: str = field(
+        default="shared",
+        metadata={"help": "CrowS masked scoring: 'shared' tokens (DESIGN) or bias-bench's 'diff' tokens"},
+    )
+    mlm_filler_mean: str = field(
+        default="logprob", metadata={"help": "StereoSet masked filler score: mean 'logprob' or bias-bench 'prob'"}
+    )
+    seat_dir: str | None = field(default=None, metadata={"help": "SEAT folder (default <data>/seat)"})
+    crows_file: str | None = field(default=None, metadata={"help": "CrowS-Pairs CSV (default <data>/crows_pairs/...)"})
+    stereoset_file: str | None = field(
+        default=None, metadata={"help": "StereoSet JSON/JSONL (default <data>/stereoset)"}
+    )
+    ppl_file: str | None = field(default=None, metadata={"help": "perplexity text (default <data>/wikitext2/...)"})
+    ppl_max_tokens: int | None = field(default=None, metadata={"help": "tokens scored (default causal 20k, masked 2k)"})
+    ppl_window: int | None = field(default=None, metadata={"help": "window (default causal 1024, masked 128)"})
+    ppl_stride: int | None = field(default=None, metadata={"help": "causal stride (default window / 2)"})
+    progress: bool | None = field(default=None, metadata={"help": "progress bars (None: only on a terminal)"})
+
+    def validate(self) -> EvalConfig:
+        for name, low in (("n_samples", 1), ("n_bootstrap", 0), ("batch_size", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low:
+                raise DebiasError(f"{name} is {value!r}", f"pass an integer >= {low}")
+        for name in ("ppl_max_tokens", "ppl_window", "ppl_stride"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise DebiasError(f"{name} is {value!r}", "pass a positive integer")
+        if self.causal_bos not in ("context", "separate"):
+            raise DebiasError(f"causal BOS mode {self.causal_bos!r} is unknown", "use 'context' or 'separate'")
+        if self.crows_mlm_tokens not in ("shared", "diff"):
+            raise DebiasError(f"CrowS masked tokens {self.crows_mlm_tokens!r} is unknown", "use 'shared' or 'diff'")
+        if self.mlm_filler_mean not in ("logprob", "prob"):
+            raise DebiasError(f"masked filler mean {self.mlm_filler_mean!r} is unknown", "use 'logprob' or 'prob'")
+        return self
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A registered benchmark: which model kinds it takes, how it loads its data and how it runs."""
+
+    name: str
+    description: str
+    kinds: tuple[str, ...]  # ModelKind values ("masked_lm", "causal_lm", "encoder"); ModelKind is a str enum
+    load: Callable[[DataSource, EvalConfig, list[str]], tuple[Any, dict[str, Any]]]
+    run: Callable[[ModelHandle, Any, EvalConfig, list[str]], dict[str, Any]]
+
+
+BENCHMARKS: dict[str, Benchmark] = {}
+# Kinds as plain strings, so that importing the registry (and failing fast on a bad name) does not import torch.
+_LM_KINDS = ("masked_lm", "causal_lm")
+
+
+def register_benchmark(benchmark: Benchmark) -> Benchmark:
+    """Add a benchmark to :data:`BENCHMARKS`; a name that is taken is an error."""
+    if benchmark.name in BENCHMARKS:
+        raise ValueError(f"benchmark {benchmark.name!r} is already registered")
+    BENCHMARKS[benchmark.name] = benchmark
+    return benchmark
+
+
+def check_benchmarks(names: str | Iterable[str] | None) -> list[str] | None:
+    """Validated benchmark names (None = the default for the model kind); unknown ones list the known ones."""
+    parsed = parse_names(names)
+    if parsed is None:
+        return None
+    if not parsed:
+        raise DebiasError("no benchmark given", f"pass one or more of {', '.join(BENCHMARKS)}")
+    for name in parsed:
+        if name not in BENCHMARKS:
+            raise DebiasError(f"unknown benchmark {name!r} (known: {', '.join(BENCHMARKS)})", "choose known benchmarks")
+    return parsed
+
+
+def _file_info(path: Path) -> dict[str, Any]:
+    return {"file": str(path), "sha256": sha256_of(path)} if path.is_file() else {"folder": str(path)}
+
+
+# ------------------------------------------------------------------------------------------------ benchmarks
+
+
+def _load_seat(source: DataSource, config: EvalConfig, axes: list[str]) -> tuple[Any, dict[str, Any]]:
+    from .seat import select_seat_tests
+
+    folder = source.file("seat", config.seat_dir)
+    if folder is None:
+        raise DebiasError(
+            "SEAT needs its test files and has no Hub copy",
+            "pass --data-dir DIR (with seat/*.jsonl) or set PEFT_DEBIAS_DATA",
+        )
+    return select_seat_tests(folder, config.seat_tests, axes), {"folder": str(folder)}
+
+
+def _run_seat(handle: ModelHandle, tests: Any, config: EvalConfig, axes: list[str]) -> dict[str, Any]:
+    from .lm_scoring import mean_pooled_embeddings
+    from .seat import run_seat
+
+    def encode(sentences: list[str]) -> Any:
+        return mean_pooled_embeddings(
+            handle.model, handle.tokenizer, sentences, batch_size=2 * config.batch_size, progress=config.progress
+        )
+
+    return run_seat(encode, tests, axes=axes, n_samples=config.n_samples, seed=config.seed, progress=config.progress)
+
+
+def _load_crows(source: DataSource, config: EvalConfig, axes: list[str]) -> tuple[Any, dict[str, Any]]:
+    from .crows import crows_pairs_from_rows, load_crows_pairs, pairs_for_axis
+
+    path = source.file("crows", config.crows_file)
+    if path is None:
+        rows, features, where = hub_rows("crows")
+        pairs, info = crows_pairs_from_rows(rows, features, where), {"hub": where}
+    else:
+        pairs, info, where = load_crows_pairs(path), _file_info(path), str(path)
+    for axis in axes:
+        pairs_for_axis(pairs, axis, where)
+    return (pairs, where), info
+
+
+def _run_crows(handle: ModelHandle, data: Any, config: EvalConfig, axes: list[str]) -> dict[str, Any]:
+    from .crows import run_crows
+
+    pairs, where = data
+    return run_crows(
+        handle.model,
+        handle.tokenizer,
+        handle.kind,
+        pairs,
+        axes=axes,
+        n_bootstrap=config.n_bootstrap,
+        seed=config.seed,
+        batch_size=config.batch_size,
+        bos=config.causal_bos,
+        mlm_tokens=config.crows_mlm_tokens,
+        progress=config.progress,
+        where=where,
+    )
+
+
+def _load_stereoset(source: DataSource, config: EvalConfig, axes: list[str]) -> tuple[Any, dict[str, Any]]:
+    from .stereoset import items_for_axis, load_stereoset, stereoset_from_rows
+
+    path = source.file("stereoset", config.stereoset_file)
+    if path is None:
+        rows, features, where = hub_rows("stereoset")
+        items, info = stereoset_from_rows(rows, features, where), {"hub": where}
+    else:
+        items, info, where = load_stereoset(path), _file_info(path), str(path)
+    for axis in axes:
+        items_for_axis(items, axis, where)
+    return (items, where), info
+
+
+def _run_stereoset(handle: ModelHandle, data: Any, config: EvalConfig, axes: list[str]) -> dict[str, Any]:
+    from .stereoset import run_stereoset
+
+    items, where = data
+    return run_stereoset(
+        handle.model,
+        handle.tokenizer,
+        handle.kind,
+        items,
+        axes=axes,
+        n_bootstrap=config.n_bootstrap,
+        seed=config.seed,
+        batch_size=config.batch_size,
+        bos=config.causal_bos,
+        mlm_mean=config.mlm_filler_mean,
+        progress=config.progress,
+        where=where,
+    )
+
+
+def _load_perplexity(source: DataSource, config: EvalConfig, axes: list[str]) -> tuple[Any, dict[str, Any]]:
+    from .perplexity import read_text
+
+    path = source.file("perplexity", config.ppl_file)
+    if path is None:
+        rows, _, where = hub_rows("perplexity")
+        text = "".join(str(r.get("text", "")) for r in rows)
+        if not text.strip():
+            raise DebiasError(f"perplexity text {where} is empty", "pass --ppl-file")
+        return (text, where), {"hub": where}
+    return (read_text(path), path.name), _file_info(path)
+
+
+def _run_perplexity(handle: ModelHandle, data: Any, config: EvalConfig, axes: list[str]) -> dict[str, Any]:
+    from .perplexity import run_perplexity
+
+    text, where = data
+    return run_perplexity(
+        handle.model,
+        handle.tokenizer,
+        handle.kind,
+        text,
+        max_tokens=config.ppl_max_tokens,
+        window=config.ppl_window,
+        stride=config.ppl_stride,
+        batch_size=config.batch_size,
+        progress=config.progress,
+        source=where,
+    )
+
+
+register_benchmark(Benchmark("seat", "SEAT effect sizes and p-values", (*_LM_KINDS, "encoder"), _load_seat, _run_seat))
+register_benchmark(Benchmark("crows", "CrowS-Pairs stereotype score", _LM_KINDS, _load_crows, _run_crows))
+register_benchmark(
+    Benchmark("stereoset", "StereoSet intrasentence SS/LMS/ICAT", _LM_KINDS, _load_stereoset, _run_stereoset)
+)
+register_benchmark(
+    Benchmark("perplexity", "(pseudo-)perplexity on a text", _LM_KINDS, _load_perplexity, _run_perplexity)
+)
+
+
+# --------------------------------------------------------------------------------------------------- runs
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries that decide the numbers."""
+    import numpy
+    import peft
+    import torch
+    import transformers
+
+    from .. import __version__
+
+    return {
+        "peft_debias": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _defaults(kind: ModelKind) -> list[str]:
+    return [n for n, b in BENCHMARKS.items() if kind in b.kinds]
+
+
+def _check_kinds(names: list[str], kind: ModelKind | None, model_name: Any) -> None:
+    for name in names:
+        if kind is not None and kind not in BENCHMARKS[name].kinds:
+            raise DebiasError(
+                f"{name} scores sentences with a language-model head, and {model_name or 'the model'} is a bare "
+                "encoder (kind encoder: no masked-LM head; bundled:minilm's is not trained)",
+                "run seat on it, or evaluate a causal LM or a masked LM with a trained head",
+            )
+
+
+def _label(handle: ModelHandle) -> str:
+    if not handle.adapters:
+        return handle.name
+    return f"{handle.name} + {', '.join(Path(a['path']).name for a in handle.adapters)}"
+
+
+def evaluate_bias(
+    model: Any,
+    tokenizer: Any = None,
+    *,
+    benchmarks: str | Iterable[str] | None = None,
+    axes: str | Iterable[str] | None = None,
+    data_dir: str | Path | None = None,
+    adapters: Iterable[str] = (),
+    kind: str | ModelKind | None = None,
+    config: EvalConfig | None = None,
+    compare: str | Path | Mapping[str, Any] | None = None,
+    label: str | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Evaluate a model's social bias and LM quality; returns the results dict (schema in :mod:`peft_debias.eval`).
+
+    Args:
+        model: a Hub id, local folder or bundled alias (``bundled:minilm``, ``bundled:smollm2``), a
+            :class:`~peft_debias.models.LoadedModel`, or a model object (PEFT-wrapped or not) with ``tokenizer``.
+        benchmarks: names from :data:`BENCHMARKS` (``"seat,crows"`` or a list); default: every benchmark the
+            model kind supports (an encoder gets SEAT only).
+        axes: ``gender``, ``race``, ``religion`` (default all three).
+        data_dir: data folder (default ``$PEFT_DEBIAS_DATA``; without either, CrowS-Pairs, StereoSet and
+            WikiText-2 come from the Hub).
+        adapters: adapter folders / Hub ids to attach first (merging changes a passed model in place).
+        kind: ``masked_lm``, ``causal_lm`` or ``encoder`` to override detection.
+        config: an :class:`EvalConfig`; ``options`` override its fields (e.g. ``n_samples=1000``).
+        compare: another results dict or file: adds a ``compare`` section (flips and McNemar p-values).
+        label: name of this run in reports and charts (default: model name + adapters).
+    """
+    started = time.perf_counter()
+    unknown = sorted(set(options) - {f.name for f in fields(EvalConfig)})
+    if unknown:
+        known = ", ".join(f.name for f in fields(EvalConfig))
+        raise DebiasError(f"unknown option(s) {', '.join(unknown)}", f"use fields of EvalConfig: {known}")
+    config = replace(config or EvalConfig(), **options).validate()
+    axes_list = check_axes(axes)
+    names = check_benchmarks(benchmarks)
+    other = load_results(compare) if isinstance(compare, (str, Path)) else compare
+    source = DataSource.resolve(data_dir)
+    expected = peek_kind(model, kind)
+    if names is None and expected is not None:
+        names = _defaults(expected)
+    data: dict[str, tuple[Any, dict[str, Any]]] = {}
+    if names is not None:  # read and check the data, and the kind, before loading the model
+        _check_kinds(names, expected, model if isinstance(model, (str, Path)) else None)
+        for name in names:
+            data[name] = BENCHMARKS[name].load(source, config, axes_list)
+    t0 = time.perf_counter()
+    handle = resolve_model(model, tokenizer, kind=kind, adapters=adapters)
+    seconds: dict[str, float] = {"load": time.perf_counter() - t0}
+    if names is None:
+        names = _defaults(handle.kind)
+        for name in names:
+            data[name] = BENCHMARKS[name].load(source, config, axes_list)
+    _check_kinds(names, handle.kind, handle.name)
+    results: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "label": label or _label(handle),
+        "model": handle.name,
+        "model_kind": handle.kind.value,
+        "adapters": handle.adapters,
+        "benchmarks": names,
+        "axes": axes_list,
+        "config": {k: v for k, v in asdict(config).items() if k != "progress"},
+        "versions": versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    for name in names:
+        payload, info = data[name]
+        t0 = time.perf_counter()
+        logger.info("running %s on %s", name, handle.name)
+        block = BENCHMARKS[name].run(handle, payload, config, axes_list)
+        seconds[name] = time.perf_counter() - t0
+        results[name] = {**block, "source": info, "seconds": seconds[name]}
+    seconds["total"] = time.perf_counter() - started
+    results["seconds"] = seconds
+    if other is not None:
+        results["compare"] = compare_results(results, other)
+    return results
