@@ -25,8 +25,8 @@ _EXPORTS = {
     "TrainConfig": "peft_debias.train",
     "METHODS": "peft_debias.methods",
     "ModelKind": "peft_debias.models",
+    "BiasVector": "peft_debias.vector",
     "load_debias_adapter": "peft_debias.loader",
-    "evaluate_bias": "peft_debias.eval",
     "evaluate_bias": "peft_debias.eval",
 }
 

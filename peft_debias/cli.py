@@ -22,11 +22,13 @@ from .errors import DebiasError, one_line
 
 PROG = "peft-debias"
 COMMANDS: dict[str, str] = {
+    "biased": "peft_debias.commands.biased",
     "cda": "peft_debias.commands.cda",
     "demo": "peft_debias.commands.demo",
-    "eval": "peft_debias.commands.eval",
     "merge": "peft_debias.commands.merge",
+    "eval": "peft_debias.commands.eval",
     "train": "peft_debias.commands.train",
+    "vector": "peft_debias.commands.vector",
 }
 
 
