@@ -8,44 +8,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import types
-import typing
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from ..train import TrainConfig
+from .options import add_dataclass_arguments
 
 HELP = "train a debiasing adapter (LoRA / prefix / prompt / IA3) for one bias axis on CDA text"
-_HIDDEN = {"progress"}
-
-
-def _base_type(hint: Any) -> Any:
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
-        return args[0]
-    return hint
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", help="YAML file with TrainConfig keys (options given here override it)")
-    hints = typing.get_type_hints(TrainConfig)
-    for f in fields(TrainConfig):
-        if f.name in _HIDDEN:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        kind = _base_type(hints[f.name])
-        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = f.metadata.get("help", "") + (f" (default: {default})" if default not in (None, [], "") else "")
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
-        elif typing.get_origin(kind) is list:
-            parser.add_argument(flag, action="append", default=argparse.SUPPRESS, help=help_text + " (repeatable)")
-        else:
-            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
-    parser.add_argument(
-        "--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS, help="no progress bar"
-    )
+    add_dataclass_arguments(parser, TrainConfig)
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:

@@ -1,0 +1,44 @@
+"""Command-line options generated from a documented dataclass config (``max_steps`` -> ``--max-steps``).
+
+Options default to ``argparse.SUPPRESS`` so that only what the user typed overrides a recipe or the dataclass
+defaults; booleans get ``--x/--no-x``, list fields are repeatable, the field's ``metadata["help"]`` is the help text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from collections.abc import Iterable
+from dataclasses import MISSING, fields
+from typing import Any
+
+
+def _base_type(hint: Any) -> Any:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]
+    return hint
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, hidden: Iterable[str] = ("progress",)) -> None:
+    """One option per field of ``cls`` (except ``hidden``), plus ``--no-progress`` when ``progress`` is hidden."""
+    hidden = set(hidden)
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if f.name in hidden:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = _base_type(hints[f.name])
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f.metadata.get("help", "") + (f" (default: {default})" if default not in (None, [], "") else "")
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        elif typing.get_origin(kind) is list:
+            parser.add_argument(flag, action="append", default=argparse.SUPPRESS, help=help_text + " (repeatable)")
+        else:
+            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
+    if "progress" in hidden:
+        parser.add_argument(
+            "--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS, help="no progress bar"
+        )
