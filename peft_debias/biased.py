@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import DebiasError, one_line
+from .errors import DebiasError
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,11 @@ class BiasedConfig:
     output: str = field(default="", metadata={"help": "output folder"})
     corpus: list[str] = field(default_factory=list, metadata={"help": "text instead of StereoSet stereotypes"})
     data_dir: str | None = field(default=None, metadata={"help": "data folder with stereoset/ (or PEFT_DEBIAS_DATA)"})
+    stereoset_split: str | None = field(
+        default=None,
+        metadata={"help": "train only on this half of the StereoSet items (select/report; eval --split)"},
+    )
+    split_seed: int = field(default=0, metadata={"help": "seed of the StereoSet item split"})
     method: str = field(default="full", metadata={"help": "full (fine-tune every weight) | lora"})
     objective: str | None = field(default=None, metadata={"help": "mlm | clm (default by model kind)"})
     kind: str | None = field(default=None, metadata={"help": "masked_lm | causal_lm (default: detect)"})
@@ -85,6 +90,8 @@ class BiasedConfig:
             (self.max_length < 8, f"max_length {self.max_length} is too short", "use >= 8"),
             (not 0 <= self.eval_fraction < 0.5, f"eval_fraction {self.eval_fraction} outside [0, 0.5)", "e.g. 0.05"),
         ]
+        if self.stereoset_split not in (None, "select", "report"):
+            checks.append((True, f"unknown StereoSet split {self.stereoset_split!r}", "use select or report"))
         if not self.corpus and self.axis not in (*STEREOSET_TYPES, "all"):
             checks.append(
                 (
@@ -99,38 +106,23 @@ class BiasedConfig:
         return self
 
 
-def stereotype_sentences(path: str | Path, axis: str = "all") -> list[str]:
+def stereotype_sentences(
+    path: str | Path, axis: str = "all", *, split: str | None = None, split_seed: int = 0
+) -> list[str]:
     """StereoSet intrasentence items with the blank filled by the stereotype, for one bias type or ``all``.
 
-    Reads the flattened JSONL (``type``, ``bias_type``, ``stereotype``) or the original StereoSet JSON
-    (``data.intrasentence[].sentences[]`` with ``gold_label``). Order is the file's.
+    Reads what :func:`~peft_debias.eval.stereoset.load_stereoset` reads (the original JSON or the flattened
+    JSONL), so item ids, and with them the ``split`` halves (:mod:`peft_debias.eval.splits`), are the ones the
+    evaluation uses: train on ``"select"`` and the ``"report"`` half of StereoSet stays unseen. Order is the file's.
     """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise DebiasError(f"cannot read StereoSet file {path} ({one_line(err)})", "check --data-dir") from err
-    items: list[tuple[str, str]] = []
-    try:
-        try:
-            whole = json.loads(text)
-        except ValueError:
-            whole = None
-        if isinstance(whole, dict) and "data" in whole:  # the original StereoSet JSON
-            for item in whole["data"]["intrasentence"]:
-                for sentence in item["sentences"]:
-                    if sentence.get("gold_label") == "stereotype":
-                        items.append((item["bias_type"], sentence["sentence"]))
-        else:  # the flattened JSONL
-            for line in text.splitlines():
-                row = json.loads(line) if line.strip() else {}
-                if row.get("type") == "intrasentence":
-                    items.append((row["bias_type"], row["stereotype"]))
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise DebiasError(f"StereoSet file {path} is malformed ({one_line(err)})", "restore the file") from err
-    out = [" ".join(s.split()) for bias_type, s in items if axis == "all" or bias_type == axis]
+    from .eval.splits import take_split
+    from .eval.stereoset import load_stereoset, split_group
+
+    items = take_split(load_stereoset(path), split, benchmark="stereoset", key=split_group, seed=split_seed)
+    out = [" ".join(item.sentences[0].split()) for item in items if axis == "all" or item.bias_type == axis]
     if not out:
-        raise DebiasError(f"{path} has no intrasentence items of bias type {axis!r}", "check the file or the axis")
+        half = f" in the {split!r} half" if split else ""
+        raise DebiasError(f"{path} has no intrasentence items of bias type {axis!r}{half}", "check the file or axis")
     return out
 
 
@@ -148,8 +140,10 @@ def training_sentences(config: BiasedConfig) -> tuple[list[str], dict[str, Any]]
     from .data_dir import data_file, resolve_data_dir
 
     path = data_file(resolve_data_dir(config.data_dir), STEREOSET_FILE)
-    sentences = stereotype_sentences(path, config.axis)
+    sentences = stereotype_sentences(path, config.axis, split=config.stereoset_split, split_seed=config.split_seed)
     info = {"stereoset": str(path), "sha256": sha256_files([path]), "bias_type": config.axis}
+    if config.stereoset_split:
+        info.update(split=config.stereoset_split, split_seed=config.split_seed)
     info["filled_with"] = "stereotype"
     return sentences, {**info, "sentences": len(sentences)}
 

@@ -98,11 +98,14 @@ def test_cli_sweep_with_the_eval_suite(setup, tmp_path: Path, data_dir: Path) ->
     result = subprocess.run(
         [sys.executable, "-m", "peft_debias", "vector", "--base", str(base), "--biased", str(biased),
          "--axis", "gender", "--lambda", "0.5,2", "--output", str(out), "--benchmarks", "crows,perplexity",
-         "--data-dir", str(data_dir), "--ppl-max-tokens", "300", "--n-bootstrap", "0", "--no-progress"],
+         "--data-dir", str(data_dir), "--ppl-max-tokens", "300", "--n-bootstrap", "0", "--no-progress",
+         "--split", "select"],
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     data = json.loads((out / "sweep.json").read_text())
+    crows = data["results"]["base"]["crows"]
+    assert crows["source"]["split"] == "select" and crows["axes"]["gender"]["n"] < 262  # tuned on one half only
     assert [p["lambda"] for p in data["points"]] == [0.5, 2.0]
     assert {"crows/gender", "perplexity"} <= set(data["baseline"])
     assert all(p["metrics"]["perplexity"] > 0 for p in data["points"])

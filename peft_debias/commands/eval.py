@@ -63,6 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--ppl-max-tokens", type=int, help="tokens scored (default: causal 20000, masked 2000)")
     what.add_argument("--ppl-window", type=int, help="window in tokens (default: causal 1024, masked 128)")
     what.add_argument("--ppl-stride", type=int, help="causal window stride (default: window / 2)")
+    what.add_argument(
+        "--split",
+        choices=["select", "report"],
+        help="score only this half of the CrowS/StereoSet items (tune on 'select', report 'report')",
+    )
+    what.add_argument("--split-seed", type=int, default=0, help="seed of the item split (default 0)")
     what.add_argument("--threads", type=int, help="torch CPU threads")
     what.add_argument("--no-progress", action="store_true", help="no progress bars")
     out = parser.add_argument_group("outputs")
@@ -150,6 +156,8 @@ def run(args: argparse.Namespace) -> int:
             ppl_max_tokens=args.ppl_max_tokens,
             ppl_window=args.ppl_window,
             ppl_stride=args.ppl_stride,
+            split=args.split,
+            split_seed=args.split_seed,
             progress=False if args.no_progress else None,
         )
         results = evaluate_bias(

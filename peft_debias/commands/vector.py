@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sweep.add_argument("--ppl-max-tokens", type=int, help="tokens scored for perplexity")
     sweep.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples for intervals")
     sweep.add_argument("--batch-size", type=int, default=32, help="eval batch size")
+    sweep.add_argument(
+        "--split", choices=["select", "report"], help="score one half of the CrowS/StereoSet items (choose on select)"
+    )
 
 
 def _floats(text: str | None, what: str) -> list[float] | None:
@@ -184,6 +187,7 @@ def _sweep(args, base, vectors, methods, lambdas, combined) -> int:
         "data_dir": args.data_dir,
         "n_bootstrap": args.n_bootstrap,
         "batch_size": args.batch_size,
+        "split": args.split,
     }
     options.update({k: v for k, v in (("ppl_file", args.ppl_file), ("ppl_max_tokens", args.ppl_max_tokens)) if v})
     loaded = load_model(args.base, allow_pickle=args.allow_pickle)

@@ -28,7 +28,10 @@ Results schema (version 1; a JSON object, NaN written as null)::
         "scoring": "masked" | "causal",
         "axes": {<axis>: {"ss", "lms", "icat", "n", "n_targets", "ci95": {"ss", "lms", "icat"}}},
         "decisions": {<axis>: {<item id>: 1 if stereotype scored above anti-stereotype else 0}},
+        "items": {<axis>: {<item id>: {"target", "pro": 0/1, "related": 0-2}}},   # SS/LMS on any item subset
         "source", "seconds"},
+      # "source" is {"path", "sha256", ...} or {"hub": id}; with EvalConfig.split also {"split", "split_seed"}:
+      # CrowS/StereoSet then hold only that half of the items (eval/splits.py)
       "perplexity": {"perplexity", "kind": "perplexity" | "pseudo_perplexity", "nll", "n_tokens", "window",
                      "stride", "text", "source", "seconds"},
       "compare": {                        # only with compare=: deltas are this run minus the other

@@ -35,16 +35,31 @@ DEFAULT_MAX_TOKENS = {ModelKind.CAUSAL_LM: 20_000, ModelKind.MASKED_LM: 2_000}
 DEFAULT_WINDOW = {ModelKind.CAUSAL_LM: 1024, ModelKind.MASKED_LM: 128}
 
 
-def read_text(path: str | Path) -> str:
-    """A UTF-8 text file's content (newlines normalised); a clear error for a missing, binary or empty file."""
+# Characters read per requested token: far more than any tokenizer needs on real text (3-5 characters a token), so
+# the first ``max_tokens`` tokens are always in what is read, while a large file is never read whole.
+CHARS_PER_TOKEN = 64
+
+
+def chars_needed(max_tokens: int | None) -> int:
+    """How many characters of a text to read for ``max_tokens`` tokens (None: the largest default)."""
+    return (max_tokens or max(DEFAULT_MAX_TOKENS.values())) * CHARS_PER_TOKEN + 4096
+
+
+def read_text(path: str | Path, max_chars: int | None = None) -> str:
+    """A UTF-8 text file's content (newlines normalised); a clear error for a missing, binary or empty file.
+
+    With ``max_chars`` only the first ``max_chars`` characters are read, so memory stays bounded on a large file.
+    """
     path = Path(path)
     if not path.is_file():
         raise DebiasError(f"perplexity text {path} not found", "pass an existing text file (--ppl-file)")
-    raw = path.read_bytes()
-    if b"\x00" in raw[:65536]:
+    with open(path, "rb") as fh:
+        head = fh.read(65536)
+    if b"\x00" in head:
         raise DebiasError(f"perplexity text {path} is binary", "pass a plain UTF-8 text file")
     try:
-        text = raw.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
+        with open(path, encoding="utf-8-sig", newline=None) as fh:  # universal newlines: \r\n and \r -> \n
+            text = fh.read(-1 if max_chars is None else max_chars)
     except UnicodeDecodeError as err:
         raise DebiasError(f"perplexity text {path} is not UTF-8", "convert it to UTF-8") from err
     if not text.strip():

@@ -20,6 +20,7 @@ from ..errors import DebiasError
 from .handle import ModelHandle, peek_kind, resolve_model
 from .results import SCHEMA_VERSION, compare_results, load_results
 from .sources import DataSource, check_axes, hub_rows, parse_names, sha256_of
+from .splits import check_split, take_split
 
 if TYPE_CHECKING:
     from ..models import ModelKind
@@ -57,6 +58,11 @@ class EvalConfig:
     ppl_max_tokens: int | None = field(default=None, metadata={"help": "tokens scored (default causal 20k, masked 2k)"})
     ppl_window: int | None = field(default=None, metadata={"help": "window (default causal 1024, masked 128)"})
     ppl_stride: int | None = field(default=None, metadata={"help": "causal stride (default window / 2)"})
+    split: str | None = field(
+        default=None,
+        metadata={"help": "CrowS/StereoSet items: 'select' or 'report' half (eval/splits.py), None: all"},
+    )
+    split_seed: int = field(default=0, metadata={"help": "seed of the select/report item split"})
     progress: bool | None = field(default=None, metadata={"help": "progress bars (None: only on a terminal)"})
 
     def validate(self) -> EvalConfig:
@@ -68,10 +74,16 @@ class EvalConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise DebiasError(f"{name} is {value!r}", "pass a positive integer")
+        if self.ppl_window and self.ppl_stride and self.ppl_stride >= self.ppl_window:
+            raise DebiasError(
+                f"perplexity stride {self.ppl_stride} is not below the window {self.ppl_window}",
+                "pass a --ppl-stride smaller than --ppl-window",
+            )
         if self.causal_bos not in ("context", "separate"):
             raise DebiasError(f"causal BOS mode {self.causal_bos!r} is unknown", "use 'context' or 'separate'")
         if self.crows_mlm_tokens not in ("shared", "diff"):
             raise DebiasError(f"CrowS masked tokens {self.crows_mlm_tokens!r} is unknown", "use 'shared' or 'diff'")
+        check_split(self.split)
         if self.mlm_filler_mean not in ("logprob", "prob"):
             raise DebiasError(f"masked filler mean {self.mlm_filler_mean!r} is unknown", "use 'logprob' or 'prob'")
         return self
@@ -154,6 +166,9 @@ def _load_crows(source: DataSource, config: EvalConfig, axes: list[str]) -> tupl
         pairs, info = crows_pairs_from_rows(rows, features, where), {"hub": where}
     else:
         pairs, info, where = load_crows_pairs(path), _file_info(path), str(path)
+    if config.split:
+        pairs = take_split(pairs, config.split, benchmark="crows", key=lambda p: p.id, seed=config.split_seed)
+        info = {**info, "split": config.split, "split_seed": config.split_seed}
     for axis in axes:
         pairs_for_axis(pairs, axis, where)
     return (pairs, where), info
@@ -180,7 +195,7 @@ def _run_crows(handle: ModelHandle, data: Any, config: EvalConfig, axes: list[st
 
 
 def _load_stereoset(source: DataSource, config: EvalConfig, axes: list[str]) -> tuple[Any, dict[str, Any]]:
-    from .stereoset import items_for_axis, load_stereoset, stereoset_from_rows
+    from .stereoset import items_for_axis, load_stereoset, split_group, stereoset_from_rows
 
     path = source.file("stereoset", config.stereoset_file)
     if path is None:
@@ -188,6 +203,9 @@ def _load_stereoset(source: DataSource, config: EvalConfig, axes: list[str]) -> 
         items, info = stereoset_from_rows(rows, features, where), {"hub": where}
     else:
         items, info, where = load_stereoset(path), _file_info(path), str(path)
+    if config.split:
+        items = take_split(items, config.split, benchmark="stereoset", key=split_group, seed=config.split_seed)
+        info = {**info, "split": config.split, "split_seed": config.split_seed}
     for axis in axes:
         items_for_axis(items, axis, where)
     return (items, where), info
@@ -214,7 +232,7 @@ def _run_stereoset(handle: ModelHandle, data: Any, config: EvalConfig, axes: lis
 
 
 def _load_perplexity(source: DataSource, config: EvalConfig, axes: list[str]) -> tuple[Any, dict[str, Any]]:
-    from .perplexity import read_text
+    from .perplexity import chars_needed, read_text
 
     path = source.file("perplexity", config.ppl_file)
     if path is None:
@@ -223,7 +241,7 @@ def _load_perplexity(source: DataSource, config: EvalConfig, axes: list[str]) ->
         if not text.strip():
             raise DebiasError(f"perplexity text {where} is empty", "pass --ppl-file")
         return (text, where), {"hub": where}
-    return (read_text(path), path.name), _file_info(path)
+    return (read_text(path, chars_needed(config.ppl_max_tokens)), path.name), _file_info(path)
 
 
 def _run_perplexity(handle: ModelHandle, data: Any, config: EvalConfig, axes: list[str]) -> dict[str, Any]:

@@ -104,6 +104,13 @@ def _content_ids(items: list[StereoSetItem]) -> list[StereoSetItem]:
     return out
 
 
+def split_group(item: StereoSetItem) -> str:
+    """The key of ``item``'s select/report half (:mod:`peft_debias.eval.splits`): its template (bias type, target,
+    context), so items that share a template, and with it their stereotype sentence, always land in one half."""
+    key = "\x1f".join((item.bias_type, item.target, " ".join(item.context.split()).lower()))
+    return hashlib.sha1(key.encode("utf-8")).hexdigest()[:12]
+
+
 def load_stereoset(path: str | Path) -> list[StereoSetItem]:
     """Intrasentence items of a StereoSet file: the original JSON (``{"data": {"intrasentence": [...]}}``) or
     the flattened JSONL (one object per line with ``type``, ``target``, ``bias_type``, ``context``,
@@ -332,7 +339,9 @@ def run_stereoset(
     """Score the items of ``axes`` in one batched pass.
 
     Returns ``{"scoring", "axes": {axis: {"ss", "lms", "icat", "n", "n_targets", "ci95": {"ss", "lms",
-    "icat"}}}, "decisions": {axis: {item id: 1 if stereotype > anti-stereotype else 0}}}``.
+    "icat"}}}, "decisions": {axis: {item id: 1 if stereotype > anti-stereotype else 0}}, "items": {axis: {item id:
+    {"target", "pro": 0/1, "related": 0-2, "group"}}}}`` (``items`` lets figures be recomputed on any subset of
+    items; ``group`` is the item's :func:`split_group`).
     """
     axes = list(axes)
     by_axis = {axis: items_for_axis(items, axis, where) for axis in axes}
@@ -349,6 +358,7 @@ def run_stereoset(
         "scoring": "masked" if kind is ModelKind.MASKED_LM else "causal",
         "axes": {},
         "decisions": {},
+        "items": {},
     }
     start = 0
     for axis in axes:
@@ -357,6 +367,10 @@ def run_stereoset(
         figures = stereoset_metrics(part, s)
         figures["ci95"] = stereoset_bootstrap(part, s, n_bootstrap, rng_for(seed, "stereoset", axis))
         out["axes"][axis] = figures
-        pro, _ = item_decisions(s)
+        pro, related = item_decisions(s)
         out["decisions"][axis] = {item.id: int(p) for item, p in zip(part, pro, strict=True)}
+        out["items"][axis] = {
+            item.id: {"target": item.target, "pro": int(p), "related": int(r), "group": split_group(item)}
+            for item, p, r in zip(part, pro, related, strict=True)
+        }
     return out
