@@ -4,7 +4,8 @@ Rules, all deterministic:
 
 * whole words only (``\\b`` boundaries): "manager" and "history" are never touched, "man's", "his." and
   "step-mother" are (the possessive ``'s`` and the punctuation stay);
-* case is preserved: ``he``/``He``/``HE`` -> ``she``/``She``/``SHE``; title-cased phrases stay title-cased;
+* case is preserved: ``he``/``He``/``HE`` -> ``she``/``She``/``SHE``; title-cased phrases stay title-cased
+  ("African-American" -> "European-American");
 * a binary axis is swapped both ways at once (he <-> she). An axis with ``k`` classes gives ``k - 1``
   counterfactuals, one per cyclic shift of the classes, so a sentence about one group gets one copy for each
   alternative group;
@@ -43,7 +44,7 @@ def _match_case(source: str, target: str) -> str:
     if len(letters) > 1 and all(c.isupper() for c in letters):
         return target.upper()
     if source.istitle():
-        return target.title() if " " in target else target[:1].upper() + target[1:]
+        return target.title() if " " in target or "-" in target else target[:1].upper() + target[1:]
     if source[:1].isupper():
         return target[:1].upper() + target[1:]
     return target

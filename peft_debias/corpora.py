@@ -383,10 +383,17 @@ def build_cda_dataset(
             ds = datasets.Dataset.from_generator(generate, features=features, cache_dir=str(cache_dir))
         except datasets.exceptions.DatasetGenerationError as err:
             cause: BaseException | None = err
+            os_error: OSError | None = None
             while cause is not None and not isinstance(cause, DebiasError):
+                os_error = os_error or (cause if isinstance(cause, OSError) else None)
                 cause = cause.__cause__ or cause.__context__
             if cause is not None:
                 raise cause from None
+            if os_error is not None:  # e.g. the disk of the cache folder is full
+                raise DebiasError(
+                    f"writing the CDA table under {cache_dir} failed ({os_error.strerror or one_line(os_error)})",
+                    "free disk space there or point TMPDIR at a folder with room",
+                ) from err
             raise
         except ValueError:  # datasets refuses an empty table: say why it is empty
             _check_result(sources, config, stats)

@@ -23,6 +23,9 @@ import math
 import os
 import shutil
 import time
+import types
+import typing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,8 @@ from .errors import DebiasError
 logger = logging.getLogger(__name__)
 
 WORK_SUFFIX = ".peft-debias-work"
+# Called as step_callback(step, model, tokenizer) after each optimizer step (see train_adapter).
+StepCallback = Callable[[int, Any, Any], None]
 # Fields that may change between a run and its resumption.
 _RESUME_FREE = {"resume", "overwrite", "log_every", "save_every", "eval_every", "progress"}
 
@@ -91,7 +96,8 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise DebiasError(f"{source} has unknown keys {unknown}", f"use only: {', '.join(sorted(known))}")
-        config = cls(**data)
+        hints = typing.get_type_hints(cls)
+        config = cls(**{key: _typed(key, value, hints[key], source) for key, value in data.items()})
         if isinstance(config.corpus, str):
             config.corpus = [config.corpus]
         return config
@@ -106,7 +112,11 @@ class TrainConfig:
             (not self.output, "no output folder given", "pass --output DIR"),
             (self.max_steps is None and self.epochs is None, "neither max_steps nor epochs set", "set one"),
             (self.max_steps is not None and self.max_steps < 1, f"max_steps {self.max_steps} < 1", "use >= 1"),
-            (self.epochs is not None and not self.epochs > 0, f"epochs {self.epochs} is not positive", "use > 0"),
+            (
+                self.epochs is not None and not 0 < self.epochs < math.inf,
+                f"epochs {self.epochs} is not a positive finite number",
+                "use e.g. 1 or 0.5",
+            ),
             (not (0 < self.lr < 1), f"learning rate {self.lr} is outside (0, 1)", "use e.g. 2e-4"),
             (self.batch_size < 1 or self.grad_accum < 1, "batch size and accumulation must be >= 1", "fix them"),
             (self.max_length < 8, f"max_length {self.max_length} is too short", "use >= 8"),
@@ -118,10 +128,36 @@ class TrainConfig:
                 "use no, fp16 or bf16",
             ),
             (not math.isfinite(self.beta) or self.beta < 0, f"beta {self.beta} is not a finite number >= 0", "fix it"),
+            (
+                not 0 <= self.weight_decay < math.inf,
+                f"weight_decay {self.weight_decay} is not a finite number >= 0",
+                "use e.g. 0 or 0.01",
+            ),
+            (
+                not 0 <= self.max_grad_norm < math.inf,
+                f"max_grad_norm {self.max_grad_norm} is not a finite number >= 0",
+                "use e.g. 1.0 (0 turns clipping off)",
+            ),
+            (self.r < 1, f"LoRA rank r {self.r} < 1", "use e.g. 8"),
+            (not 0 <= self.dropout < 1, f"dropout {self.dropout} is outside [0, 1)", "use e.g. 0.05"),
+            (self.num_virtual_tokens < 1, f"num_virtual_tokens {self.num_virtual_tokens} < 1", "use e.g. 24"),
+            (
+                not 0 < self.mlm_probability < 1,
+                f"mlm_probability {self.mlm_probability} is outside (0, 1)",
+                "use e.g. 0.15",
+            ),
         ]
         for bad, problem, fix in checks:
             if bad:
                 raise DebiasError(problem, fix)
+        from transformers import SchedulerType
+
+        schedulers = [t.value for t in SchedulerType]
+        if self.scheduler not in schedulers:
+            raise DebiasError(f"unknown scheduler {self.scheduler!r}", f"use one of {', '.join(schedulers)}")
+        from .corpora import CDAConfig
+
+        CDAConfig(self.axis, self.cda_mode, self.keep_ratio, max_sentences=self.max_sentences).validate()
 
     def fingerprint(self) -> str:
         data = {k: v for k, v in asdict(self).items() if k not in _RESUME_FREE}
@@ -140,6 +176,41 @@ class TrainResult:
     seconds_per_step: float
     rank_fingerprints: list[str]
     model: Any = field(default=None, repr=False)  # the trained PeftModel (unwrapped), in eval mode
+
+
+def _typed(key: str, value: Any, hint: Any, source: str) -> Any:
+    """``value`` as the type of field ``key`` (a recipe's YAML gives strings for numbers like ``2e-4``)."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    kind = next(o for o in options if o is not type(None))
+    if typing.get_origin(kind) is list:
+        items = [value] if isinstance(value, str) else value
+        if isinstance(items, list) and all(isinstance(i, str) for i in items):
+            return items
+        expected = "a list of strings"
+    elif kind is bool:
+        if isinstance(value, bool):
+            return value
+        expected = "true or false"
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        expected = "an integer"
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        expected = "a number"
+    else:
+        if isinstance(value, kind):
+            return value
+        expected = f"a {getattr(kind, '__name__', kind)}"
+    raise DebiasError(f"{source}: {key} is {value!r}, not {expected}", f"write {key} as {expected}")
 
 
 def work_dir(output: str | Path) -> Path:
@@ -167,18 +238,26 @@ def _check_start(config: TrainConfig) -> Path:
                 "resume with the original settings, or start over with --overwrite",
             )
     elif work.exists():
-        if not config.overwrite:
+        if not saved.is_file():  # killed before its config was written: nothing to resume, nothing lost
+            shutil.rmtree(work)
+        elif not config.overwrite:
             raise DebiasError(
                 f"an interrupted run exists at {work}", "pass --resume to continue it or --overwrite to start over"
             )
-        shutil.rmtree(work)
+        else:
+            shutil.rmtree(work)
     return work
 
 
-def train_adapter(config: TrainConfig | None = None, **overrides: Any) -> TrainResult:
+def train_adapter(
+    config: TrainConfig | None = None, *, step_callback: StepCallback | None = None, **overrides: Any
+) -> TrainResult:
     """Train a debiasing adapter and write the artifact folder (see :mod:`peft_debias.artifact`).
 
     Runs the same in a plain process and under ``accelerate launch``; only the main process writes.
+    ``step_callback(step, model, tokenizer)``, if given, runs on every process after each optimizer step (e.g. to
+    evaluate intermediate checkpoints); the model is put back in training mode and the torch RNG state restored
+    afterwards, so a callback that does not change the weights leaves the training run unchanged.
     """
     from .trainer_loop import run_training
 
@@ -190,7 +269,7 @@ def train_adapter(config: TrainConfig | None = None, **overrides: Any) -> TrainR
     config.validate()
     work = _check_start(config)
     started = time.perf_counter()
-    result = run_training(config, work)
+    result = run_training(config, work, step_callback=step_callback)
     result.seconds = time.perf_counter() - started
     return result
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 
 from .errors import DebiasError
 from .objectives import compute_loss
-from .train import TrainConfig, TrainResult, expected_world_size
+from .train import StepCallback, TrainConfig, TrainResult, expected_world_size
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def _adapter_digest(model) -> str:
     return digest.hexdigest()[:16]
 
 
-def run_training(config: TrainConfig, work: Path) -> TrainResult:
+def run_training(config: TrainConfig, work: Path, step_callback: StepCallback | None = None) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
@@ -90,6 +91,16 @@ def run_training(config: TrainConfig, work: Path) -> TrainResult:
         )
     set_seed(config.seed)
     axis = get_axis(config.axis)
+    # The corpus is read before the (possibly large) model is loaded, so that a bad corpus fails fast.
+    cda_cfg = CDAConfig(
+        axis=config.axis,
+        mode=config.cda_mode,
+        keep_ratio=config.keep_ratio,
+        max_sentences=config.max_sentences,
+        seed=config.seed,
+    )
+    with accelerator.main_process_first():
+        ds, cda_stats = build_cda_dataset(config.corpus, cda_cfg, progress=config.progress and rank == 0)
     loaded = load_model(
         config.base,
         config.kind,
@@ -123,15 +134,6 @@ def run_training(config: TrainConfig, work: Path) -> TrainResult:
         max_length=min(config.max_length, max_positions(loaded.model, loaded.tokenizer)),
     )
 
-    cda_cfg = CDAConfig(
-        axis=config.axis,
-        mode=config.cda_mode,
-        keep_ratio=config.keep_ratio,
-        max_sentences=config.max_sentences,
-        seed=config.seed,
-    )
-    with accelerator.main_process_first():
-        ds, cda_stats = build_cda_dataset(config.corpus, cda_cfg, progress=config.progress and rank == 0)
     n_eval = min(config.eval_max_rows, int(len(ds) * config.eval_fraction)) if len(ds) > 1 else 0
     train_rows = _rows(ds.select(range(n_eval, len(ds))), objective, config.cda)
     eval_rows = _rows(ds.select(range(n_eval)), objective, config.cda) if n_eval else []
@@ -152,9 +154,8 @@ def run_training(config: TrainConfig, work: Path) -> TrainResult:
     start_step = 0
     if accelerator.is_main_process:
         work.mkdir(parents=True, exist_ok=True)
-        (work / "train_config.json").write_text(
-            json.dumps({"fingerprint": config.fingerprint(), "config": _jsonable(config)}, indent=2) + "\n"
-        )
+        saved = {"fingerprint": config.fingerprint(), "config": _jsonable(config)}
+        _replace_text(work / "train_config.json", json.dumps(saved, indent=2) + "\n")
     accelerator.wait_for_everyone()
     if config.resume:
         start_step = _load_checkpoint(work, unwrapped, optimizer, scheduler, rank)
@@ -222,6 +223,11 @@ def run_training(config: TrainConfig, work: Path) -> TrainResult:
             record["seconds"] = round(time.perf_counter() - started, 3)
             with open(log_path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
+        if step_callback is not None:
+            rng = torch.get_rng_state()
+            step_callback(done, unwrapped, tokenizer)
+            torch.set_rng_state(rng)
+            model.train()
         if config.save_every and done % config.save_every == 0 and done < total:
             _save_checkpoint(work, done, unwrapped, optimizer, scheduler, accelerator)
     bar.close()
@@ -334,5 +340,19 @@ def _load_checkpoint(work: Path, model, optimizer, scheduler, rank: int) -> int:
 def _truncate_log(path: Path, step: int, main: bool) -> None:
     if not main or not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # the line a killed run was writing: past the checkpoint anyway
+            continue
+        if record["step"] <= step:
+            kept.append(line)
+    _replace_text(path, "".join(line + "\n" for line in kept))
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """Write a work file whole, then rename it into place: a killed run never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

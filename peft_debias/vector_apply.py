@@ -125,8 +125,14 @@ def merge_into_folder(
                 if digest is not None:
                     own = pre if source == name else ckpt.read(name, start, stop)
                     digest.update(own.reshape(-1).view(torch.uint8).numpy())
-                out = vector.rows(source, start, stop, scale).add_(pre.float())
-                writer.append(name, out.to(binfo.torch_dtype))
+                out = vector.rows(source, start, stop, scale).add_(pre.float()).to(binfo.torch_dtype)
+                if not bool(torch.isfinite(out).all()) and bool(torch.isfinite(pre).all()):
+                    raise DebiasError(
+                        f"base + {scale:g} * vector gives non-finite values in tensor {name} ({binfo.dtype} overflow, "
+                        "or NaN/inf in the vector or the biased model)",
+                        "use a smaller --lambda, or check the biased model's weights",
+                    )
+                writer.append(name, out)
             if source is not None:
                 changed, params = changed + 1, params + binfo.numel
             if digest is not None:

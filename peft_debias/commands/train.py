@@ -41,7 +41,9 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     corpus = data.get("corpus")
     if corpus is not None:
         corpus = [corpus] if isinstance(corpus, str) else corpus
-        data["corpus"] = [os.path.expandvars(str(c)) for c in corpus]
+        if not isinstance(corpus, list) or not all(isinstance(c, str) for c in corpus):
+            raise DebiasError(f"recipe {path}: corpus is {corpus!r}, not a path or a list of paths", "fix that key")
+        data["corpus"] = [os.path.expandvars(c) for c in corpus]
         unset = [c for c in data["corpus"] if "$" in c]
         if unset:
             raise DebiasError(

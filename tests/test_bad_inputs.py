@@ -1,0 +1,407 @@
+"""The catalogue of bad inputs, across every command: one clean error line, exit code 2, nothing written.
+
+Each row of :data:`CATALOGUE` is ``(id, argv builder, expected part of the message)``. The CLI runs in this
+process (``peft_debias.cli.main``), which is far faster than a subprocess per row; ``tests/test_merge_cli.py``
+and ``tests/test_cli.py`` check the same contract from real processes. Every row asserts exit code 2, exactly one
+stderr line ``peft-debias: error: <problem>; <fix>`` without a traceback, no output at the destination and no
+file left in the test folder (not even a temporary sibling). Rows that overlap the per-command tests
+(``test_cli.py``, ``test_vector_errors.py``, ``test_train_cli.py``, ``test_merge_cli.py``, ``test_eval_cli.py``)
+were left out of this table.
+
+The safety defaults are checked here too: pickle weights and remote code are refused unless opted in (and the
+remote code never runs), and a Hub token never reaches the output, the logs or any written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import resource
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_loader_helpers import (
+    one_torch_thread,  # noqa: F401 - autouse fixture
+    trained_adapter,
+)
+from test_vector_support import perturb
+from tiny_models import CORPUS
+
+from peft_debias import BiasVector
+from peft_debias.cli import main
+from peft_debias.errors import DebiasError
+
+CORPUS_TEXT = "\n".join(CORPUS * 2) + "\n"
+
+
+@pytest.fixture(scope="module")
+def bad(tiny_models, tmp_path_factory) -> dict[str, Path]:
+    """Broken models, adapters, vectors and data files, built once (each row gets its own clean test folder)."""
+    root = tmp_path_factory.mktemp("bad_inputs")
+    llama = tiny_models["llama"]
+    out: dict[str, Path] = {"corpus": root / "corpus.txt", "marker": root / "REMOTE_CODE_RAN"}
+    out["corpus"].write_text(CORPUS_TEXT)
+
+    def copy(name: str, src: Path = llama) -> Path:
+        out[name] = shutil.copytree(src, root / name)
+        return out[name]
+
+    pickled = copy("pickle_model")  # transformers 5 always saves safetensors: write the pickle by hand
+    torch.save(load_file(str(pickled / "model.safetensors")), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    remote = copy("remote_code_model")
+    config = json.loads((remote / "config.json").read_text())
+    config.update(model_type="evil", architectures=["EvilForCausalLM"])
+    config["auto_map"] = {"AutoConfig": "configuration_evil.EvilConfig", "AutoModelForCausalLM": "modeling_evil.Evil"}
+    (remote / "config.json").write_text(json.dumps(config))
+    payload = f"open({str(out['marker'])!r}, 'w').write('ran')\n"  # proof that the code ran, if it ever does
+    (remote / "configuration_evil.py").write_text(
+        payload + "from transformers import PretrainedConfig\n"
+        "class EvilConfig(PretrainedConfig):\n    model_type = 'evil'\n"
+    )
+    (remote / "modeling_evil.py").write_text(payload)
+    (copy("garbage_model") / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    truncated = copy("truncated_model") / "model.safetensors"
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    (copy("bad_config_model") / "config.json").write_text('{"model_type": "llama", "hidden_size": 32,')
+
+    out["biased"] = perturb(llama, root / "biased")
+    truncated = copy("truncated_biased", out["biased"]) / "model.safetensors"
+    truncated.write_bytes(truncated.read_bytes()[:-1000])
+    index = {"metadata": {}, "weight_map": {"lm_head.weight": "model-00002-of-00002.safetensors"}}
+    (copy("missing_shard", out["biased"]) / "model.safetensors.index.json").write_text(json.dumps(index))
+    narrow = copy("narrow_biased", out["biased"])  # intermediate size 48 instead of 64: other shapes
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(llama))
+    model.config.intermediate_size = 48
+    AutoModelForCausalLM.from_config(model.config).save_pretrained(str(narrow))
+    vector = BiasVector.from_models(llama, out["biased"])
+    out["vector"] = vector.save(root / "vector", progress=False)
+    (copy("broken_vector", out["vector"]) / "bias_vector.json").write_text('{"format_version": 1, "meta": ')
+
+    adapter = trained_adapter(tiny_models, tmp_path_factory, "llama", "lora")
+    (copy("broken_adapter", adapter) / "adapter_config.json").write_text('{"peft_type": "LORA", "r": ')
+    pickled = copy("pickle_adapter", adapter)
+    torch.save(load_file(str(pickled / "adapter_model.safetensors")), pickled / "adapter_model.bin")
+    (pickled / "adapter_model.safetensors").unlink()
+    out["adapter"] = adapter
+    return out
+
+
+@dataclass
+class Ctx:
+    """What an argv builder may use: a clean test folder, the default output path, tiny models, broken inputs."""
+
+    tmp: Path
+    out: Path
+    models: dict[str, Path]
+    bad: dict[str, Path]
+    data: Path
+    around: contextlib.AbstractContextManager = field(default_factory=contextlib.nullcontext)
+    cleanup: list[Callable[[], object]] = field(default_factory=list)
+
+    def file(self, name: str, content: str | bytes) -> str:
+        path = self.tmp / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        return str(path)
+
+    def m(self, name: str) -> str:
+        return str(self.models.get(name) or self.bad[name])
+
+
+def readonly_dir(ctx: Ctx) -> Path:
+    """A folder nobody may write into (root ignores permissions: then the immutable attribute is used)."""
+    folder = ctx.tmp / "readonly"
+    folder.mkdir()
+    folder.chmod(0o555)
+    ctx.cleanup.append(lambda: folder.chmod(0o755))
+    if os.access(folder, os.W_OK):
+        if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)]).returncode:
+            pytest.skip("cannot make a read-only folder here (root without chattr)")
+        ctx.cleanup.insert(0, lambda: subprocess.run(["chattr", "-i", str(folder)], check=True))
+    return folder
+
+
+@contextlib.contextmanager
+def file_size_limit(max_bytes: int) -> Iterator[None]:
+    """Writes past ``max_bytes`` fail (EFBIG), as on a full or quota-limited disk."""
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def _readonly_cda(ctx: Ctx) -> list[str]:
+    ctx.out = readonly_dir(ctx) / "out.jsonl"
+    return ["cda", "--axis", "gender", "--corpus", str(ctx.bad["corpus"]), "--output", str(ctx.out)]
+
+
+def _full_cda(ctx: Ctx) -> list[str]:
+    ctx.around = file_size_limit(1024)
+    return ["cda", "--axis", "gender", "--corpus", str(ctx.bad["corpus"]), "--output", str(ctx.out)]
+
+
+def _full_vector(ctx: Ctx) -> list[str]:
+    ctx.around = file_size_limit(16 << 10)
+    return ["vector", "--base", ctx.m("llama"), "--biased", ctx.m("biased"), "--lambda", "1", "--output", str(ctx.out)]
+
+
+def _cda_into_a_file(ctx: Ctx) -> list[str]:
+    return ["cda", "--axis", "gender", "--corpus", str(ctx.bad["corpus"]), "--output", ctx.file("f", "x") + "/o.jsonl"]
+
+
+def _broken_seat(ctx: Ctx) -> list[str]:
+    (ctx.tmp / "seat").mkdir()
+    (ctx.tmp / "seat" / "weat6.jsonl").write_text('{"targ1": {"category": "male", "examples": ["he"]},')
+    return ["eval", "--model", ctx.m("bert_encoder"), "--benchmarks", "seat", "--seat-dir", str(ctx.tmp / "seat"),
+            "--output", str(ctx.out)]  # fmt: skip
+
+
+def _cda(ctx: Ctx, corpus: str, *extra: str) -> list[str]:
+    return ["cda", "--axis", "gender", "--corpus", corpus, "--output", str(ctx.out), *extra]
+
+
+def _train(ctx: Ctx, *extra: str, base: str = "llama", corpus: str | None = None) -> list[str]:
+    corpus = corpus or str(ctx.bad["corpus"])
+    return ["train", "--base", ctx.m(base), "--corpus", corpus, "--output", str(ctx.out), "--max-steps", "2",
+            "--no-progress", *extra]  # fmt: skip
+
+
+def _recipe(ctx: Ctx, text: str) -> list[str]:
+    recipe = ctx.file("recipe.yaml", text)
+    return ["train", "--recipe", recipe, "--base", ctx.m("llama"), "--output", str(ctx.out), "--no-progress"]
+
+
+def _eval(ctx: Ctx, *extra: str, model: str = "llama") -> list[str]:
+    ppl = str(ctx.bad["corpus"])
+    return ["eval", "--model", ctx.m(model), "--benchmarks", "perplexity", "--ppl-file", ppl, "--output",
+            str(ctx.out), "--no-progress", *extra]  # fmt: skip
+
+
+def _vector(ctx: Ctx, biased: str, *extra: str, base: str = "llama") -> list[str]:
+    lam = [] if "--lambda" in extra else ["--lambda", "1"]
+    return ["vector", "--base", ctx.m(base), "--biased", ctx.m(biased), *lam, "--output", str(ctx.out),
+            "--no-progress", *extra]  # fmt: skip
+
+
+def _merge(ctx: Ctx, adapter: str, base: str = "llama") -> list[str]:
+    return ["merge", "--base", ctx.m(base), "--adapter", adapter, "--output", str(ctx.out)]
+
+
+Row = tuple[str, Callable[[Ctx], list[str]], str]
+# fmt: off
+CATALOGUE: list[Row] = [
+    # ---- cda: corpora, axis files, numbers, output locations
+    ("cda-jsonl-broken-line", lambda c: _cda(c, c.file("c.jsonl", '{"text": "He is a doctor."}\n{oops\n')),
+     "c.jsonl:2 is not a JSON object with a 'text' field"),
+    ("cda-csv-without-text-column", lambda c: _cda(c, c.file("c.csv", "body\nHe is a doctor here.\n")),
+     "has no column 'text' (columns: ['body'])"),
+    ("cda-utf16-corpus", lambda c: _cda(c, c.file("c16.txt", "He is a doctor here.\n".encode("utf-16"))),
+     "is binary, not text"),
+    ("cda-pickle-corpus", lambda c: _cda(c, c.file("c.pkl", b"\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00}\x94.")),
+     "is binary, not text"),
+    ("cda-truncated-utf8", lambda c: _cda(c, c.file("t.txt", "He owns a café".encode()[:-1])), "not UTF-8"),
+    ("cda-axis-name-path-trick",
+     lambda c: ["cda", "--axis", c.file("a.json", json.dumps({"name": "../../etc", "classes": ["a", "b"],
+                                                               "groups": [["x", "y"]]})),
+                "--corpus", str(c.bad["corpus"]), "--output", str(c.out)],
+     "invalid axis name '../../etc'"),
+    ("cda-axis-term-in-two-classes",
+     lambda c: ["cda", "--axis", c.file("a.json", json.dumps({"name": "toy", "classes": ["a", "b"],
+                                                               "groups": [["x", "y"], ["y", "z"]]})),
+                "--corpus", str(c.bad["corpus"]), "--output", str(c.out)],
+     "term 'y' belongs to classes 'b' and 'a'"),
+    ("cda-min-above-max-words", lambda c: _cda(c, str(c.bad["corpus"]), "--min-words", "10", "--max-words", "2"),
+     "word limits 10..2 are empty"),
+    ("cda-negative-max-sentences", lambda c: _cda(c, str(c.bad["corpus"]), "--max-sentences", "-3"),
+     "max sentences -3 is not positive"),
+    ("cda-huge-keep-ratio", lambda c: _cda(c, str(c.bad["corpus"]), "--keep-ratio", "1e9"),
+     "keep ratio 1000000000.0 is outside [0, 1]"),
+    ("cda-corpus-path-trick", lambda c: _cda(c, "org/../../etc/passwd"), "corpus org/../../etc/passwd not found"),
+    ("cda-empty-corpus-folder", lambda c: (c.tmp / "empty").mkdir() or _cda(c, str(c.tmp / "empty")),
+     "has no .txt/.raw/.tokens/.jsonl/.csv files"),
+    ("cda-output-parent-is-a-file", _cda_into_a_file, "is not a folder"),
+    ("cda-read-only-output", _readonly_cda, "(permission denied); choose a writable output location"),
+    ("cda-full-disk", _full_cda, "writing the CDA table under"),
+    # ---- train: recipes, numbers, names, unsafe or broken bases, corpora
+    ("train-recipe-word-for-number", lambda c: _recipe(c, "lr: fast\n"), "lr is 'fast', not a number"),
+    ("train-recipe-list-for-integer", lambda c: _recipe(c, "max_steps: [1, 2]\n"),
+     "max_steps is [1, 2], not an integer"),
+    ("train-recipe-number-for-corpus", lambda c: _recipe(c, "corpus: 5\n"), "corpus is 5, not a path or a list"),
+    ("train-infinite-epochs", lambda c: _train(c, "--epochs", "inf"), "epochs inf is not a positive finite number"),
+    ("train-nan-weight-decay", lambda c: _train(c, "--weight-decay", "nan"), "weight_decay nan is not a finite"),
+    ("train-negative-grad-norm", lambda c: _train(c, "--max-grad-norm", "-1"), "max_grad_norm -1.0 is not a finite"),
+    ("train-huge-dropout", lambda c: _train(c, "--dropout", "2"), "dropout 2.0 is outside [0, 1)"),
+    ("train-zero-lora-rank", lambda c: _train(c, "--r", "0"), "LoRA rank r 0 < 1"),
+    ("train-zero-virtual-tokens", lambda c: _train(c, "--method", "prompt", "--num-virtual-tokens", "0"),
+     "num_virtual_tokens 0 < 1"),
+    ("train-zero-mask-probability", lambda c: _train(c, "--mlm-probability", "0", base="bert"),
+     "mlm_probability 0.0 is outside (0, 1)"),
+    ("train-unknown-scheduler", lambda c: _train(c, "--scheduler", "warp"), "unknown scheduler 'warp'"),
+    ("train-pickle-base", lambda c: _train(c, base="pickle_model"), "has only pickle checkpoints"),
+    ("train-remote-code-base", lambda c: _train(c, base="remote_code_model"), "needs its own code to load"),
+    ("train-truncated-base", lambda c: _train(c, base="truncated_model"), "check that the model folder is complete"),
+    ("train-binary-corpus", lambda c: _train(c, corpus=c.file("c.bin", b"\x00\x01\x02 he")), "is binary, not text"),
+    ("train-resume-without-run", lambda c: _train(c, "--resume"), "nothing to resume at"),
+    # ---- eval
+    ("eval-garbage-model-weights", lambda c: _eval(c, model="garbage_model"), "Error while deserializing header"),
+    ("eval-pickle-model", lambda c: _eval(c, model="pickle_model"), "refused as unpickling can run code"),
+    ("eval-remote-code-model", lambda c: _eval(c, model="remote_code_model"), "pass trust_remote_code=True"),
+    ("eval-model-path-trick", lambda c: ["eval", "--model", "../no/../../such/model", "--output", str(c.out)],
+     "model ../no/../../such/model not found"),
+    ("eval-seat-file-broken-json", _broken_seat, "weat6.jsonl is not valid JSON"),
+    ("eval-results-broken-json", lambda c: ["eval", "--results", c.file("r.json", '{"schema_version": 1,'),
+                                            "--output", str(c.out)], "r.json is not valid JSON"),
+    ("eval-results-future-schema",
+     lambda c: ["eval", "--results", c.file("r.json", '{"schema_version": 99, "model": {}}'), "--output", str(c.out)],
+     "has schema version 99"),
+    ("eval-binary-perplexity-text", lambda c: _eval(c, "--ppl-file", c.file("p.txt", b"\x00\x01text")), "is binary"),
+    ("eval-latin1-perplexity-text", lambda c: _eval(c, "--ppl-file", c.file("p.txt", "café".encode("latin-1"))),
+     "is not UTF-8"),
+    ("eval-stride-not-below-window", lambda c: _eval(c, "--ppl-window", "16", "--ppl-stride", "50"),
+     "perplexity stride 50 is not below the window 16"),
+    ("eval-negative-bootstrap", lambda c: _eval(c, "--n-bootstrap", "-5"), "n_bootstrap is -5"),
+    # ---- vector: broken checkpoints, shapes, numbers, output
+    ("vector-truncated-biased-weights", lambda c: _vector(c, "truncated_biased"), "malformed or unsupported entry"),
+    ("vector-index-names-missing-shard", lambda c: _vector(c, "missing_shard"),
+     "lacks shard model-00002-of-00002.safetensors"),
+    ("vector-shape-mismatch", lambda c: _vector(c, "narrow_biased"), "has shape [32, 64] in the base"),
+    ("vector-broken-vector-json", lambda c: _vector(c, "broken_vector"), "bias_vector.json is not valid JSON"),
+    ("vector-bad-base-config-json", lambda c: _vector(c, "biased", base="bad_config_model"),
+     "config.json is not valid JSON"),
+    ("vector-pickle-base", lambda c: _vector(c, "biased", base="pickle_model"), "has only pickle checkpoints"),
+    ("vector-lambda-overflows", lambda c: _vector(c, "biased", "--lambda", "1e300"), "gives non-finite values"),
+    ("vector-negative-shard-size", lambda c: _vector(c, "biased", "--shard-size=-5MB"),
+     "size '-5MB' is not positive"),
+    ("vector-nan-density", lambda c: _vector(c, "biased", "--biased", c.m("biased"), "--combine", "ties",
+                                             "--density", "nan"), "density nan is outside (0, 1]"),
+    ("vector-full-disk", _full_vector, "outgrew the file size limit"),
+    # ---- merge
+    ("merge-adapter-config-broken-json", lambda c: _merge(c, c.m("broken_adapter")), "is not valid JSON"),
+    ("merge-pickle-adapter", lambda c: _merge(c, c.m("pickle_adapter")), "refused as unpickling can run code"),
+    ("merge-remote-code-base", lambda c: _merge(c, c.m("adapter"), base="remote_code_model"),
+     "needs its own code to load"),
+    ("merge-mismatched-base", lambda c: _merge(c, c.m("adapter"), base="gpt2"), "was trained on"),
+    ("merge-adapter-path-trick", lambda c: _merge(c, "org/../../etc"), "adapter org/../../etc not found"),
+    # ---- biased, demo
+    ("biased-unknown-method", lambda c: ["biased", "--base", c.m("llama"), "--output", str(c.out), "--method", "dpo"],
+     "unknown method 'dpo'"),
+    ("biased-nan-learning-rate", lambda c: ["biased", "--base", c.m("llama"), "--output", str(c.out), "--lr", "nan"],
+     "learning rate nan"),
+    ("demo-zero-training-steps",
+     lambda c: ["demo", "--lora-steps", "0", "--output", str(c.out), "--data-dir", str(c.data)],
+     "lora_steps is 0; pass a positive number"),
+    ("demo-read-only-output", lambda c: ["demo", "--output", str(readonly_dir(c) / "demo"), "--data-dir", str(c.data)],
+     "(permission denied)"),
+]
+# fmt: on
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.fixture
+def run_row(tiny_models, bad, data_dir, tmp_path, capsys, monkeypatch, hub_offline):
+    """Build a row's argv, run the CLI in this process; returns (ctx, exit code, stdout, stderr)."""
+    monkeypatch.setenv("TRANSFORMERS_VERBOSITY", "error")  # main() would set it for the rest of the session
+    contexts: list[Ctx] = []
+
+    def run(builder: Callable[[Ctx], list[str]], *extra: str) -> tuple[Ctx, int, str, str]:
+        ctx = Ctx(tmp_path / f"work{len(contexts)}", tmp_path / "dest" / "out", tiny_models, bad, data_dir)
+        ctx.tmp.mkdir()
+        contexts.append(ctx)
+        argv = [*builder(ctx), *extra]
+        capsys.readouterr()
+        try:
+            with ctx.around:
+                code = main(argv)
+        except SystemExit as exit_:  # argparse errors
+            code = exit_.code
+        out, err = capsys.readouterr()
+        return ctx, code, out, err
+
+    yield run
+    for ctx in contexts:
+        for undo in ctx.cleanup:
+            undo()
+
+
+@pytest.mark.parametrize(("builder", "message"), [row[1:] for row in CATALOGUE], ids=[row[0] for row in CATALOGUE])
+def test_bad_input(run_row, bad, builder, message: str) -> None:
+    before: list[str] = []
+
+    def snapshot_then(build: Callable[[Ctx], list[str]]) -> Callable[[Ctx], list[str]]:
+        def wrapped(ctx: Ctx) -> list[str]:
+            argv = build(ctx)
+            before.extend(_listing(ctx.tmp))
+            return argv
+
+        return wrapped
+
+    ctx, code, _, err = run_row(snapshot_then(builder))
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("peft-debias: error: ") and "; " in lines[0], lines[0]
+    assert message in lines[0], lines[0]
+    assert "Traceback" not in err
+    assert not ctx.out.exists()
+    assert _listing(ctx.tmp) == before  # nothing written next to the inputs, no temporary leftovers
+    dest = ctx.tmp.parent / "dest"
+    assert not dest.exists() or not any(dest.iterdir())
+    assert not bad["marker"].exists(), "remote code ran without trust_remote_code"
+
+
+def test_catalogue_is_large_and_cross_command() -> None:
+    ids = [row[0] for row in CATALOGUE]
+    assert len(ids) == len(set(ids)) >= 30
+    commands = {i.split("-")[0] for i in ids}
+    assert commands == {"cda", "train", "eval", "vector", "merge", "biased", "demo"}
+
+
+@pytest.mark.parametrize(
+    "row_id",
+    ["cda-jsonl-broken-line", "train-recipe-word-for-number", "eval-stride-not-below-window", "vector-lambda-overflows",
+     "merge-adapter-config-broken-json"],
+)  # fmt: skip
+def test_debug_raises_with_the_traceback(run_row, row_id: str) -> None:
+    builder = dict((row[0], row[1]) for row in CATALOGUE)[row_id]
+    with pytest.raises(DebiasError):
+        run_row(builder, "--debug")
+
+
+SECRET = "hf_peftDebiasTestSecretToken0123456789"
+
+
+def test_a_hub_token_is_never_logged_or_written(run_row, tmp_path, caplog, monkeypatch) -> None:
+    """With HF_TOKEN set and debug logging on, neither the output, the logs nor any written file holds the token."""
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    caplog.set_level(logging.DEBUG)
+    seen = []
+    _, code, out, err = run_row(lambda c: [*_train(c), "-vv", "--output", str(c.tmp / "adapter")])
+    assert code == 0, err
+    seen.append(out + err)
+    _, code, out, err = run_row(lambda c: [*_eval(c), "-vv", "--output", str(c.tmp / "results.json")])
+    assert code == 0, err
+    seen.append(out + err)
+    _, code, out, err = run_row(lambda c: _merge(c, "someone/private-adapter"))
+    assert code == 2 and "someone/private-adapter" in err
+    seen.append(out + err)
+    seen.append(caplog.text)
+    seen += [p.read_bytes().decode("utf-8", "replace") for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(seen) > 6 and not [text for text in seen if SECRET in text]
