@@ -28,6 +28,7 @@ _EXPORTS = {
     "BiasVector": "peft_debias.vector",
     "load_debias_adapter": "peft_debias.loader",
     "evaluate_bias": "peft_debias.eval",
+    "publish_artifact": "peft_debias.publish",
 }
 
 __all__ = ["__version__", *_EXPORTS]

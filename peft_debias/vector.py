@@ -178,9 +178,17 @@ class BiasVector:
 
     @classmethod
     def from_pretrained(cls, path_or_repo: str | os.PathLike, revision: str | None = None) -> BiasVector:
-        """Load a saved vector from a local folder or a Hub repo (honours ``HF_HUB_OFFLINE``)."""
+        """Load a saved vector from a local folder or a Hub repo id at ``revision`` (downloaded into the Hub cache;
+        with ``HF_HUB_OFFLINE=1`` read from the cache only)."""
         patterns = [VECTOR_JSON, "vector*.safetensors", "vector.safetensors.index.json", "README.md"]
-        return cls.load(resolve_folder(path_or_repo, patterns=patterns, revision=revision))
+        folder = resolve_folder(path_or_repo, patterns=patterns, revision=revision)
+        if not (folder / VECTOR_JSON).is_file() and not Path(path_or_repo).expanduser().is_dir():
+            where = f"{path_or_repo}@{revision}" if revision else str(path_or_repo)
+            raise DebiasError(
+                f"the Hub repo {where} holds no {VECTOR_JSON}",
+                "check the repo id and revision (the branch the vector was published to)",
+            )
+        return cls.load(folder)
 
     # ---- reading ------------------------------------------------------------------------------------------
     def keys(self) -> list[str]:

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import platform
-import re
 import time
 from importlib import metadata, resources
+from pathlib import PurePath
 from typing import Any
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 
 def light_versions() -> dict[str, str]:
@@ -40,31 +38,46 @@ def _render(template: str, card_data: Any, **values: Any) -> str:
     return rendered
 
 
-def _base(base: dict[str, Any]) -> tuple[str, str, str | None]:
+def _show(value: Any, for_hub: bool) -> str:
+    """A model or file name for a card: on the Hub a local path shows by its last part only."""
+    from .publish_card import hub_base_id
+
+    text = str(value)
+    return text if not for_hub or hub_base_id(text) else PurePath(text).name or text
+
+
+def _base(base: dict[str, Any], for_hub: bool = False) -> tuple[str, str, str | None]:
+    from .publish_card import hub_base_id
+
     name = str(base.get("name") or base.get("path") or "unknown")
-    hub_id = name if _HUB_ID.match(name) else None
-    return name, f"https://huggingface.co/{name}" if hub_id else "#", hub_id
+    hub_id = hub_base_id(name)
+    return (
+        (hub_id if for_hub and hub_id else _show(name, for_hub)),
+        f"https://huggingface.co/{hub_id}" if hub_id else "#",
+        hub_id,
+    )
 
 
-def _sources(sources: list[dict[str, Any]]) -> str:
+def _sources(sources: list[dict[str, Any]], for_hub: bool = False) -> str:
     parts = []
     for s in sources or []:
         kind = s.get("type", "?")
         what = {
-            "models": f"{s.get('biased')} - {s.get('pre')}",
-            "lora_adapter": f"LoRA adapter {s.get('path')} (r={s.get('r')}, alpha={s.get('lora_alpha')})",
-            "saved_vector": f"saved vector {s.get('path')}",
+            "models": f"{_show(s.get('biased'), for_hub)} - {_show(s.get('pre'), for_hub)}",
+            "lora_adapter": f"LoRA adapter {_show(s.get('path'), for_hub)} "
+            f"(r={s.get('r')}, alpha={s.get('lora_alpha')})",
+            "saved_vector": f"saved vector {_show(s.get('path'), for_hub)}",
         }.get(kind, kind)
         coef = s.get("coefficient", 1.0)
         parts.append(what if coef == 1.0 else f"{coef:g} x ({what})")
     return " + ".join(parts) or "?"
 
 
-def render_vector_card(data: dict[str, Any], repo_id: str | None = None) -> str:
-    """The README of a saved bias vector (``data`` is its ``bias_vector.json``)."""
+def render_vector_card(data: dict[str, Any], repo_id: str | None = None, *, for_hub: bool = False) -> str:
+    """The README of a saved bias vector (``data`` is its ``bias_vector.json``); ``for_hub``: no local paths."""
     from huggingface_hub import ModelCardData
 
-    name, link, hub_id = _base(data.get("base", {}))
+    name, link, hub_id = _base(data.get("base", {}), for_hub)
     axis = data.get("axis") or "social"
     card_data = ModelCardData(
         base_model=hub_id,
@@ -79,7 +92,7 @@ def render_vector_card(data: dict[str, Any], repo_id: str | None = None) -> str:
         base_link=link,
         axis=axis,
         repo_id=repo_id or f"<user>/{axis}-bias-vector",
-        sources=_sources(data.get("sources", [])),
+        sources=_sources(data.get("sources", []), for_hub),
         fingerprint=data.get("base", {}).get("weights_fingerprint") or "n/a",
         fingerprint_method=data.get("base", {}).get("fingerprint_method") or "n/a",
         tensors=data.get("tensors", "?"),
@@ -91,34 +104,69 @@ def render_vector_card(data: dict[str, Any], repo_id: str | None = None) -> str:
 
 
 def render_debiased_card(
-    data: dict[str, Any], *, adapter: bool = False, repo_id: str | None = None, results_table: str | None = None
+    data: dict[str, Any],
+    *,
+    adapter: bool = False,
+    repo_id: str | None = None,
+    results_table: str | None = None,
+    results: dict[str, Any] | None = None,
+    for_hub: bool = False,
 ) -> str:
-    """The README of a debiased model folder, or of a negated LoRA adapter (``data``: its debias_config.json)."""
+    """The README of a debiased model folder: a bias vector merged into the base, a negated LoRA adapter
+    (``adapter=True``), or PEFTDebias adapters merged by ``peft-debias merge`` (``artifact: merged_model``).
+
+    ``data`` is the folder's ``debias_config.json``; ``results`` (a ``peft-debias eval`` results dict) adds the
+    results table and the Hub ``model-index``; ``for_hub`` keeps local paths off the card.
+    """
     from huggingface_hub import ModelCardData
 
-    name, link, hub_id = _base(data.get("base_model", {}))
+    from .publish_card import card_results
+
+    name, link, hub_id = _base(data.get("base_model", {}), for_hub)
     axis = data.get("axis") or "social"
+    merged = data.get("artifact") == "merged_model"
     vector = data.get("vector", {})
-    tags = ["debiasing", "bias-vector", f"bias-axis:{axis}"] + (["peft", "lora"] if adapter else [])
+    table, evals = card_results(results)
+    tags = ["debiasing", "peftdebias" if merged else "bias-vector", f"bias-axis:{axis}"]
+    tags += ["peft", "lora"] if adapter else []
+    default_name = f"{PurePath(name).name}-{axis}-debiased"
     card_data = ModelCardData(
-        base_model=hub_id, license="apache-2.0", tags=tags, library_name="peft" if adapter else "transformers"
+        base_model=hub_id,
+        license="apache-2.0",
+        tags=tags,
+        library_name="peft" if adapter else "transformers",
+        eval_results=evals,
+        model_name=((repo_id or "").split("/")[-1] or default_name) if evals else None,
     )
     architectures = data.get("base_model", {}).get("architectures") or []
-    auto = "AutoModelForCausalLM" if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures) else None
-    auto = auto or ("AutoModelForMaskedLM" if any(a.endswith("ForMaskedLM") for a in architectures) else "AutoModel")
+    kind = data.get("base_model", {}).get("kind")
+    causal = kind == "causal_lm" or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+    masked = kind == "masked_lm" or any(a.endswith("ForMaskedLM") for a in architectures)
+    auto = "AutoModelForCausalLM" if causal else "AutoModelForMaskedLM" if masked else "AutoModel"
+    adapters = [
+        f"{a.get('axis') or '?'} {a.get('method') or '?'} (`{_show(a.get('source'), for_hub)}`)"
+        for a in data.get("adapters", [])
+    ]
+    title = (
+        f"{name}, {axis} debiased with merged PEFTDebias adapters"
+        if merged
+        else f"{name}, {axis} debiased with a bias vector (lambda {data.get('lambda', 0):g})"
+    )
     return _render(
         "debiased_model.md.j2",
         card_data,
-        title=f"{name}, {axis} debiased with a bias vector (lambda {data.get('lambda', 0):g})",
+        title=title,
         adapter=adapter,
+        merged=merged,
         axis=axis,
         base_model=name,
         base_link=link,
         lam=f"{data.get('lambda', 0):g}",
         repo_id=repo_id or "<this folder>",
         auto_class=auto,
-        sources=_sources(vector.get("sources", [])),
+        sources=_sources(vector.get("sources", []), for_hub),
+        merged_adapters=", ".join(adapters) or "?",
         exclude=", ".join(f"`{p}`" for p in vector.get("exclude", [])) or "nothing",
         changed=vector.get("tensors_changed", vector.get("modules", "?")),
-        results_table=results_table,
+        results_table=table or results_table,
     )

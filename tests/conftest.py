@@ -31,6 +31,20 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return build_all(tmp_path_factory.mktemp("tiny_models"))
 
 
+@pytest.fixture(scope="session")
+def hub_server(tmp_path_factory: pytest.TempPathFactory):
+    """A local Hub-compatible HTTP server (tests/hub_server.py) on 127.0.0.1, one per session.
+
+    Point a *fresh* process at it (``HF_ENDPOINT=hub_server.url``, ``HF_TOKEN=hub_server.token``, a temporary
+    ``HF_HOME``, ``HF_HUB_DISABLE_XET=1``): huggingface_hub reads them at import. Faults: ``hub_server.fail(...)``.
+    """
+    from hub_server import HubServer
+
+    server = HubServer(tmp_path_factory.mktemp("hub"), token="hf_peftDebiasSessionToken7c1e5a9b3d").start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def hub_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """Hub offline mode for one test.
