@@ -1,0 +1,57 @@
+"""``peft-debias experiment``: run a grid of debiasing runs with seeds and no-swap controls, then report.
+
+``--config FILE.yaml`` (see ``recipes/experiments/``) describes the grid; the output folder is also the cache, so
+running the same command again resumes an interrupted grid and never recomputes a finished cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "run a seeded grid of adapters / bias vectors with no-swap controls and write a statistical report"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, metavar="FILE.yaml", help="experiment config (recipes/experiments)")
+    parser.add_argument("--output", help="output folder, also the cache (default: config output or experiments/NAME)")
+    parser.add_argument("--data-dir", help="data folder (default: config data_dir or $PEFT_DEBIAS_DATA)")
+    parser.add_argument("--dry-run", action="store_true", help="list the cells and which are cached; run nothing")
+    parser.add_argument("--report-only", action="store_true", help="run nothing; report the finished cells")
+    parser.add_argument("--keep-biased", action="store_true", default=None, help="keep vector cells' biased models")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (1 is steadier on a shared machine)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import DebiasError
+    from ..experiment import load_experiment_config, run_experiment
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+    if args.dry_run and args.report_only:
+        raise DebiasError("--dry-run and --report-only exclude each other", "pass one of them")
+    config = load_experiment_config(args.config)
+    result = run_experiment(
+        config,
+        args.output,
+        data_dir=args.data_dir,
+        dry_run=args.dry_run,
+        report_only=args.report_only,
+        progress=not args.no_progress,
+        keep_biased=args.keep_biased,
+    )
+    if args.dry_run:
+        cached = set(result.cached)
+        for cell in result.cells:
+            state = "cached" if cell.run_id in cached else "to run"
+            print(f"{state:7} {cell.run_id}  {cell.kind} {cell.config} {cell.role} seed={cell.seed}")
+        print(f"{len(result.cells)} cells, {len(cached)} cached -> {result.output}")
+        return 0
+    print(
+        f"experiment {config.name}: {len(result.computed)} cells computed, {len(result.cached)} cached, "
+        f"{len(result.missing)} missing -> {result.output}/report.md"
+    )
+    return 0

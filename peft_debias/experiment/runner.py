@@ -1,0 +1,115 @@
+"""Running a whole experiment: expand the grid, compute the cells not yet cached, analyse, write the report.
+
+Resuming is implicit: a cell whose ``<output>/cells/<run_id>/result.json`` exists is never recomputed, so running
+the same config again continues an interrupted grid (and a grown grid, e.g. more seeds, only computes the new
+cells). Output folder::
+
+    <output>/experiment.json      the config as run, the data folder and every cell's run id
+    <output>/cells/<run_id>/      result.json (+ adapter/ for adapter cells)
+    <output>/summary.json         the analysis (:mod:`.analysis`)
+    <output>/results.csv          one row per configuration, role and metric
+    <output>/report.md            the report (:mod:`.report`)
+    <output>/bias_vs_quality.png, lambda_curves.png
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import DebiasError
+from .cells import RunContext, is_done, load_result, run_cell, write_json
+from .config import ExperimentConfig
+from .grid import Cell, expand_grid
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ExperimentRun:
+    """What :func:`run_experiment` did."""
+
+    output: Path
+    cells: list[Cell]
+    computed: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    summary: dict[str, Any] | None = None
+    written: list[Path] = field(default_factory=list)
+
+
+def default_output(config: ExperimentConfig) -> Path:
+    """``config.output``, else ``experiments/<name>``."""
+    return Path(config.output) if config.output else Path("experiments") / config.name
+
+
+def resolve_data(config: ExperimentConfig, data_dir: str | Path | None) -> Path:
+    """The data folder: the argument, else the config's ``data_dir``, else ``$PEFT_DEBIAS_DATA``."""
+    from ..data_dir import resolve_data_dir
+
+    return resolve_data_dir(data_dir or config.data_dir).resolve()
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    output: str | Path | None = None,
+    *,
+    data_dir: str | Path | None = None,
+    dry_run: bool = False,
+    report_only: bool = False,
+    progress: bool = True,
+    keep_biased: bool | None = None,
+) -> ExperimentRun:
+    """Run (or continue) the experiment and write its report.
+
+    Args:
+        config: the parsed experiment (:func:`~peft_debias.experiment.config.load_experiment_config`).
+        output: output folder (default :func:`default_output`); reused across runs (it is the cache).
+        data_dir: data folder (default the config's ``data_dir`` or ``$PEFT_DEBIAS_DATA``).
+        dry_run: only expand the grid and say which cells are cached; nothing is written.
+        report_only: compute nothing; analyse and report the cells that are finished.
+        progress: progress bars for training.
+        keep_biased: keep the biased models of vector cells (default: the config's ``vector.keep_biased``).
+    """
+    data = resolve_data(config, data_dir)
+    out = Path(output) if output is not None else default_output(config)
+    cells = expand_grid(config, data)
+    run = ExperimentRun(out, cells)
+    for cell in cells:
+        (run.cached if is_done(out, cell) else run.missing).append(cell.run_id)
+    if dry_run:
+        return run
+    if out.exists() and not out.is_dir():
+        raise DebiasError(f"output {out} exists and is not a folder", "choose another --output")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "experiment.json", {
+        "config": asdict(config), "data_dir": str(data),
+        "cells": [{"run_id": c.run_id, "kind": c.kind, "model": c.model, "axis": c.axis, "config": c.config,
+                   "role": c.role, "seed": c.seed} for c in cells],
+    })  # fmt: skip
+    keep = keep_biased if keep_biased is not None else bool(config.vector and config.vector.keep_biased)
+    ctx = RunContext(out, data, progress=progress, keep_biased=keep)
+    if not report_only:
+        todo = [c for c in cells if c.run_id in run.missing]
+        for i, cell in enumerate(todo, start=1):
+            started = time.perf_counter()
+            logger.info("cell %d/%d: %s (%s, %s, seed %s)", i, len(todo), cell.run_id, cell.config, cell.role,
+                        cell.seed)  # fmt: skip
+            run_cell(cell, ctx)
+            run.computed.append(cell.run_id)
+            logger.info("cell %s done in %.1f s", cell.run_id, time.perf_counter() - started)
+        run.missing = [m for m in run.missing if m not in set(run.computed)]
+    results = {}
+    for cell in cells:
+        result = load_result(out, cell)
+        if result is not None:
+            results[cell.run_id] = result
+    from .analysis import analyse
+    from .report import write_outputs
+
+    run.summary = analyse(config, cells, results)
+    run.written = write_outputs(run.summary, out)
+    return run
