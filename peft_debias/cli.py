@@ -26,7 +26,9 @@ COMMANDS: dict[str, str] = {
     "cda": "peft_debias.commands.cda",
     "demo": "peft_debias.commands.demo",
     "merge": "peft_debias.commands.merge",
+    "publish": "peft_debias.commands.publish",
     "eval": "peft_debias.commands.eval",
+    "experiment": "peft_debias.commands.experiment",
     "train": "peft_debias.commands.train",
     "vector": "peft_debias.commands.vector",
 }
@@ -67,9 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _configure_logging(verbose: int) -> None:
+    """Warnings only by default (commands print their own one-line summaries); ``-v`` INFO, ``-vv`` DEBUG."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("peft_debias").setLevel(logging.INFO if verbose == 0 else level)
+    logging.getLogger("peft_debias").setLevel(level)
     if verbose == 0:
         import os
 

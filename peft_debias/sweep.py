@@ -95,8 +95,12 @@ def lambda_sweep(
     vectors: Mapping[str, BiasVector],
     evaluate_fn: EvaluateFn,
     config: SweepConfig | None = None,
+    *,
+    baseline: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the base and ``base - lam * V`` for every vector (label -> vector) and lambda.
+
+    ``baseline``: results of ``evaluate_fn`` on the unchanged model, if already at hand (not evaluated again).
 
     Returns ``{"lambdas", "ppl_threshold", "baseline": metrics, "points": [{"label", "lambda", "metrics",
     "ppl_increase"}], "chosen": {label: lambda or None}, "results": {"base": raw, "<label>@<lam>": raw}}``.
@@ -108,8 +112,8 @@ def lambda_sweep(
     if not vectors:
         raise DebiasError("no bias vector to sweep", "pass at least one")
     restorer = _Restorer(model, list(vectors.values()))
-    raw: dict[str, Any] = {"base": dict(evaluate_fn(model, tokenizer))}
-    baseline = summarize(raw["base"])
+    raw: dict[str, Any] = {"base": dict(baseline if baseline is not None else evaluate_fn(model, tokenizer))}
+    base_metrics = summarize(raw["base"])
     points = []
     bar = tqdm(total=len(vectors) * len(config.lambdas), desc="lambda sweep", unit="point", disable=None)
     try:
@@ -120,7 +124,7 @@ def lambda_sweep(
                 results = dict(evaluate_fn(model, tokenizer))
                 raw[f"{label}@{lam:g}"] = results
                 metrics = summarize(results)
-                points.append({"label": label, "lambda": lam, "metrics": metrics, **_ppl_change(metrics, baseline)})
+                points.append({"label": label, "lambda": lam, "metrics": metrics, **_ppl_change(metrics, base_metrics)})
                 bar.update(1)
                 logger.info("%s lambda %g: %s", label, lam, _short(metrics))
     finally:
@@ -130,7 +134,7 @@ def lambda_sweep(
     return {
         "lambdas": config.lambdas,
         "ppl_threshold": config.ppl_threshold,
-        "baseline": baseline,
+        "baseline": base_metrics,
         "points": points,
         "chosen": chosen,
         "results": raw,

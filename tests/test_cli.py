@@ -150,19 +150,3 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     result = run_cli("cda", "--debug", "--axis", "nope", "--corpus", "x", "--output", str(tmp_path / "o.jsonl"))
     assert result.returncode != 0
     assert "Traceback" in result.stderr and "DebiasError" in result.stderr
-
-
-def test_demo_quick_on_tiny_models(tiny_models, data_dir: Path, tmp_path: Path) -> None:
-    out = tmp_path / "demo"
-    result = run_cli("demo", "--quick", "--data-dir", str(data_dir), "--output", str(out), "--pairs", "8",
-                     "--causal-model", str(tiny_models["llama"]), "--encoder-model", str(tiny_models["bert_encoder"]))
-    assert result.returncode == 0, result.stderr
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["causal"]["pairs"] == summary["encoder"]["pairs"] == 8
-    assert 0 <= summary["causal"]["original_preferred_pct"] <= 100
-    assert -1 <= summary["encoder"]["mean_cosine_original_counterfactual"] <= 1
-    for name in ("wikitext2", "gutenberg"):
-        assert summary["corpora"][name]["sentences_kept"] > 0
-        first = json.loads((out / f"cda_gender_{name}.jsonl").read_text().splitlines()[0])
-        assert first["counterfactuals"] and first["counterfactuals"][0] != first["text"]
-    assert "demo finished" in result.stdout

@@ -1,9 +1,8 @@
 """``peft-debias merge``: merge LoRA / IA3 debiasing adapters into a base model and save a plain model folder.
 
-The output holds ``config.json``, safetensors weights and the tokenizer (loadable with ``AutoModel*.from_pretrained``,
-no peft needed) and a ``debias_config.json`` (artifact ``merged_model``) recording the base, the adapters in merge
-order with their own ``debias_config.json`` and the library versions. It is written atomically; an existing output
-is refused unless ``--overwrite``.
+The work is :func:`peft_debias.merging.merge_to_folder`: a plain model folder (no peft needed to load it) with a
+``debias_config.json`` recording the base and the adapters; written atomically, an existing output refused unless
+``--overwrite``.
 """
 
 from __future__ import annotations
@@ -71,64 +70,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from ..artifact import DEBIAS_CONFIG, FORMAT_VERSION, sha256_files, timestamp, versions, write_json
-    from ..atomic import atomic_output, check_destination
-    from ..loader import check_mergeable, load_debias_adapter
-    from ..loader_checks import SAFETENSORS_FILE, backbone_fingerprint, read_adapter
-    from ..models import load_model, weights_fingerprint
+    from ..merging import merge_to_folder
 
-    check_destination(args.output, overwrite=args.overwrite)
-    adapters = [read_adapter(a, args.adapter_revision, allow_pickle=args.allow_pickle) for a in args.adapter]
-    for adapter in adapters:  # before the (possibly large) base model is loaded
-        check_mergeable(adapter)
-    loaded = load_model(
+    info = merge_to_folder(
         args.base,
-        args.kind,
+        args.adapter,
+        args.output,
+        kind=args.kind,
         revision=args.revision,
+        adapter_revision=args.adapter_revision,
+        allow_base_mismatch=args.allow_base_mismatch,
         allow_pickle=args.allow_pickle,
         trust_remote_code=args.trust_remote_code,
+        overwrite=args.overwrite,
     )
-    base = {
-        "name": args.base,
-        "path": loaded.path,
-        "revision": args.revision,
-        "kind": loaded.kind.value,
-        "model_type": getattr(loaded.model.config, "model_type", None),
-        "weights_fingerprint": weights_fingerprint(loaded.model),
-        "backbone_fingerprint": backbone_fingerprint(loaded.model),
-    }
-    merged = load_debias_adapter(loaded.model, adapters, mode="merge", allow_base_mismatch=args.allow_base_mismatch)
-    axes = [a.axis or "unknown" for a in adapters]
-    info = {
-        "format_version": FORMAT_VERSION,
-        "artifact": "merged_model",
-        "axis": "+".join(axes),
-        "axes": axes,
-        "base_model": base,
-        "adapters": [
-            {
-                "source": a.source,
-                "revision": a.revision,
-                "axis": a.axis,
-                "method": a.method,
-                "peft_type": a.peft_type,
-                "weights_sha256": sha256_files([a.path / SAFETENSORS_FILE])
-                if (a.path / SAFETENSORS_FILE).is_file()
-                else None,
-                "debias_config": a.debias,
-            }
-            for a in adapters
-        ],
-        "merged": {
-            "weights_fingerprint": weights_fingerprint(merged),
-            "backbone_fingerprint": backbone_fingerprint(merged),
-        },
-        "versions": versions(),
-        "created": timestamp(),
-    }
-    with atomic_output(args.output, overwrite=args.overwrite, directory=True) as tmp:
-        merged.save_pretrained(str(tmp))
-        loaded.tokenizer.save_pretrained(str(tmp))
-        write_json(tmp / DEBIAS_CONFIG, info)
-    print(f"merged {len(adapters)} adapter(s) ({', '.join(axes)}) into {args.base} -> {args.output}")
+    axes = info["axes"]
+    print(f"merged {len(axes)} adapter(s) ({', '.join(axes)}) into {args.base} -> {args.output}")
     return 0

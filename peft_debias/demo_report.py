@@ -1,0 +1,166 @@
+"""``report.md`` and the charts of :mod:`peft_debias.demo`: one table per model, intervals and paired tests."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _load(out: Path, relative: str) -> dict[str, Any]:
+    return json.loads((out / relative).read_text(encoding="utf-8"))
+
+
+def _num(value: Any, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _ci(block: Mapping[str, Any] | None, key: str | None = None) -> str:
+    interval = (block or {}).get("ci95")
+    if isinstance(interval, Mapping):
+        interval = interval.get(key or "")
+    if not interval or None in interval:
+        return ""
+    return f" [{interval[0]:.1f}, {interval[1]:.1f}]"
+
+
+def _p(value: Any) -> str:
+    if value is None:
+        return ""
+    return "p<0.001" if value < 0.001 else f"p={value:.3f}"
+
+
+def causal_rows(runs: Sequence[Mapping[str, Any]], out: Path, axis: str) -> list[list[str]]:
+    """Table rows: model | CrowS | StereoSet SS | LMS | ICAT | perplexity (change)."""
+    base_ppl = None
+    rows = []
+    for run in runs:
+        results = _load(out, run["results"])
+        crows = results.get("crows", {}).get("axes", {}).get(axis, {})
+        stereo = results.get("stereoset", {}).get("axes", {}).get(axis, {})
+        ppl = results.get("perplexity", {}).get("perplexity")
+        base_ppl = ppl if base_ppl is None else base_ppl
+        change = "" if run["name"] == "base" or not ppl or not base_ppl else f" ({100 * (ppl / base_ppl - 1):+.1f}%)"
+        compare = results.get("compare", {})
+        crows_p = _p(compare.get("crows", {}).get(axis, {}).get("mcnemar_p"))
+        ss_p = _p(compare.get("stereoset", {}).get(axis, {}).get("mcnemar_p"))
+        label = run["label"] + (" (chosen)" if run.get("chosen") else "")
+        rows.append(
+            [
+                label,
+                f"{_num(crows.get('stereotype_score'))}{_ci(crows)}" + (f" {crows_p}" if crows_p else ""),
+                f"{_num(stereo.get('ss'))}{_ci(stereo, 'ss')}" + (f" {ss_p}" if ss_p else ""),
+                _num(stereo.get("lms")),
+                _num(stereo.get("icat")),
+                f"{_num(ppl)}{change}",
+            ]
+        )
+    return rows
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def _seat_lines(encoder: Mapping[str, Any], out: Path, axis: str) -> list[str]:
+    if not encoder:
+        return []
+    before, after = _load(out, encoder["base"]), _load(out, encoder["adapter_results"])
+    rows = []
+    for name, test in before["seat"]["tests"].items():
+        other = after["seat"]["tests"].get(name, {})
+        rows.append(
+            [
+                name,
+                f"{test['effect_size']:.3f} (p={test['p_value']:.3f})",
+                f"{other.get('effect_size', float('nan')):.3f} (p={other.get('p_value', float('nan')):.3f})",
+            ]
+        )
+    mean_before = before["seat"]["axes"][axis]["mean_abs_effect_size"]
+    mean_after = after["seat"]["axes"][axis]["mean_abs_effect_size"]
+    rows.append([f"**mean \\|effect size\\| ({axis})**", f"**{mean_before:.3f}**", f"**{mean_after:.3f}**"])
+    return [
+        f"## SEAT on the sentence encoder ({encoder['model']})",
+        "",
+        f"A LoRA trained {encoder['steps']} steps with the counterfactual objective (pooled embeddings of each "
+        f"sentence and its {axis} swap pulled together; adapter `{encoder['adapter']}`).",
+        "",
+        *_table(["test", "base: effect size", "with adapter: effect size"], rows),
+        "",
+    ]
+
+
+def write_report(summary: Mapping[str, Any], out: Path) -> Path:
+    """Write ``report.md`` and ``charts/bias.png`` into ``out`` (the demo's output folder, still temporary)."""
+    from .eval.report import plot_results
+
+    cfg = summary["config"]
+    axis = cfg["axis"]
+    runs = summary["runs"]
+    (out / "charts").mkdir(exist_ok=True)
+    plot_results(
+        [_load(out, run["results"]) for run in runs],
+        out / "charts" / "bias.png",
+        labels=[run["name"] for run in runs],
+        title=f"{cfg['causal_model']}: {axis} bias and perplexity",
+    )
+    lora = next((run for run in runs if run["name"] == "lora"), None)
+    lines = [
+        f"# peft-debias demo: {axis} bias in {cfg['causal_model']}",
+        "",
+        f"{'Quick run' if cfg['quick'] else 'Full run'}, seed {cfg['seed']}, {summary['seconds']:.0f} s. "
+        "**One seed**: these figures show the workflow and carry their own 95% bootstrap intervals over items; a "
+        "run-to-run change of 2-4 CrowS points is training noise. The multi-seed result with a no-swap control is "
+        "the experiment harness's (`peft-debias experiment --config recipes/experiments/smollm2-gender.yaml`).",
+        "",
+        f"- Training text (CDA, {axis}): {len(summary['training_text'])} Project Gutenberg novel(s). Perplexity: "
+        f"{cfg['ppl_tokens']} tokens of `{Path(summary['perplexity_text']).name}` (WikiText-2, another source).",
+        "- CrowS-Pairs and StereoSet are scored on the **report** half of their items (`--split report`); the biased "
+        "model of the bias vector was trained on StereoSet stereotypes of the **select** half only.",
+        "- p-values: exact McNemar test on the per-item decisions against the base model.",
+        "",
+        f"## Bias and quality ({cfg['causal_model']})",
+        "",
+        *_table(
+            ["model", f"CrowS-Pairs {axis} (50 ideal)", f"StereoSet {axis} SS (50 ideal)", "LMS", "ICAT", "perplexity"],
+            causal_rows(runs, out, axis),
+        ),
+        "",
+        "![bias and perplexity](charts/bias.png)",
+        "",
+        "Bias-vector lambda sweep (chosen: the largest lambda whose perplexity increase stays under "
+        f"{100 * cfg['ppl_threshold']:.0f}%): [sweep/sweep.md](sweep/sweep.md)",
+        "",
+        "![lambda sweep](sweep/sweep.png)",
+        "",
+        *_seat_lines(summary.get("encoder") or {}, out, axis),
+        "## Artifacts",
+        "",
+    ]
+    for run in runs:
+        if run.get("adapter"):
+            lines.append(
+                f"- `{run['adapter']}`: {run['label']} adapter with its model card; "
+                f"`peft-debias publish {run['adapter']} <org>/<name>` shares it."
+            )
+    if lora and lora.get("merged"):
+        merged = lora["merged"]
+        lines.append(
+            f"- `{merged['folder']}`: the LoRA merged into a plain model (max |logit difference| vs the "
+            f"adapter {merged['max_abs_logit_difference']:.1e})."
+        )
+    lines += [
+        "- `results/*.json`: full eval results (schema in `peft_debias/eval/__init__.py`).",
+        "",
+        "## Stages",
+        "",
+        *_table(
+            ["stage", "elapsed (s)", "summary"],
+            [[s["stage"], f"{s['seconds']:.0f}", s["summary"]] for s in summary["stages"]],
+        ),
+    ]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,112 @@
+"""``peft-debias demo --quick`` end to end on tiny models: every artifact exists and loads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def demo_run(tiny_models: dict[str, Path], data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    argv = [
+        sys.executable, "-m", "peft_debias", "demo", "--quick", "--data-dir", str(data_dir), "--output", str(out),
+        "--causal-model", str(tiny_models["llama"]), "--encoder-model", str(tiny_models["bert_encoder"]),
+        "--lora-steps", "4", "--prefix-steps", "3", "--encoder-steps", "3", "--biased-steps", "3",
+        "--lambdas", "0.5,1", "--ppl-tokens", "300", "--n-bootstrap", "200", "--no-progress",
+        "--benchmarks", "crows,stereoset,perplexity",
+    ]  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_demo_prints_a_line_per_stage_and_the_total(demo_run) -> None:
+    out, result = demo_run
+    for stage in (
+        "baseline:",
+        "lora adapter:",
+        "prefix adapter:",
+        "merge:",
+        "biased model:",
+        "bias vector:",
+        "encoder:",
+        "report:",
+    ):
+        assert stage in result.stdout
+    assert "demo finished in" in result.stdout
+    assert not (out / ".work").exists() and not list(out.parent.glob(".demo*"))
+
+
+def test_demo_report_and_results(demo_run) -> None:
+    out, _ = demo_run
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["name"] for r in summary["runs"]] == ["base", "lora", "prefix", "vector@0.5", "vector@1"]
+    for run in summary["runs"]:
+        results = json.loads((out / run["results"]).read_text())
+        assert results["crows"]["source"]["split"] == results["stereoset"]["source"]["split"] == "report"
+        assert 0 <= results["crows"]["axes"]["gender"]["stereotype_score"] <= 100
+        assert results["perplexity"]["perplexity"] > 1
+        if run["name"] != "base":
+            assert "mcnemar_p" in results["compare"]["crows"]["gender"]
+    report = (out / "report.md").read_text()
+    for text in (
+        "PEFTDebias lora",
+        "PEFTDebias prefix",
+        "Bias Vector, lambda 0.5",
+        "One seed",
+        "report** half",
+        "SEAT on the sentence encoder",
+        "charts/bias.png",
+        "peft-debias publish adapters/gender-lora",
+    ):
+        assert text in report
+    for png in ("charts/bias.png", "sweep/sweep.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    encoder = json.loads((out / summary["encoder"]["adapter_results"]).read_text())
+    assert set(encoder["seat"]["axes"]) == {"gender"}
+
+
+def test_demo_adapters_and_merged_model_load(demo_run, tiny_models: dict[str, Path]) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, _ = demo_run
+    tok = AutoTokenizer.from_pretrained(tiny_models["llama"])
+    ids = tok(["The doctor said he was late."], return_tensors="pt")
+    base = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
+    with torch.inference_mode():
+        plain = base(**ids).logits
+    lora = PeftModel.from_pretrained(base, out / "adapters" / "gender-lora").eval()
+    with torch.inference_mode():
+        adapted = lora(**ids).logits
+    assert not torch.allclose(adapted, plain)
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged" / "gender-lora")
+    with torch.inference_mode():
+        assert torch.allclose(merged(**ids).logits, adapted, atol=1e-5)
+    for name in ("gender-prefix", "gender-encoder-counterfactual"):
+        assert (out / "adapters" / name / "adapter_model.safetensors").is_file()
+        assert (out / "adapters" / name / "README.md").is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--biased-method", "nope"], "unknown biased method 'nope'; use lora or full"),
+        (["--lora-steps", "0"], "lora_steps is 0; pass a positive number"),
+        (["--lambdas", "nan"], "lambda"),
+    ],
+)
+def test_demo_bad_options_fail_before_any_work(argv, message, data_dir: Path, tmp_path: Path, capsys) -> None:
+    from peft_debias.cli import main
+
+    out = tmp_path / "demo"
+    code = main(["demo", "--data-dir", str(data_dir), "--output", str(out), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("peft-debias: error:") and message in err[0]
+    assert not out.exists() and not list(tmp_path.iterdir())
