@@ -75,8 +75,11 @@ def _configure_logging(verbose: int) -> None:
     logging.getLogger("peft_debias").setLevel(level)
     if verbose == 0:
         import os
+        import warnings
 
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        # deprecation notices of the libraries (e.g. transformers' is_gradient_checkpointing) are not the user's
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft|accelerate)\b")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

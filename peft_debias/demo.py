@@ -171,13 +171,14 @@ def run_demo(config: DemoConfig | None = None, *, on_stage: Callable[[str], None
 
 
 def _train(cfg: DemoConfig, base: str, novels: list[str], folder: Path, steps: int, **options: Any) -> Any:
-    """Train one adapter on CDA of the novels into ``folder`` (held-out loss twice, no intermediate checkpoints)."""
+    """Train one adapter on CDA of the novels into ``folder`` (held-out loss at the end, no checkpoints)."""
     from .train import train_adapter
 
     values = {"batch_size": cfg.batch_size, **options}
     return train_adapter(
         base=base, axis=cfg.axis, corpus=novels, output=str(folder), max_steps=steps, max_length=cfg.max_length,
-        max_sentences=20000, eval_every=max(steps // 2, 1), save_every=0, seed=cfg.seed, progress=cfg.progress,
+        max_sentences=20000, eval_every=steps, eval_max_rows=64 if cfg.quick else 256, save_every=0, seed=cfg.seed,
+        progress=cfg.progress,
         **values,
     )  # fmt: skip
 

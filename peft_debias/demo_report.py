@@ -59,9 +59,14 @@ def causal_rows(runs: Sequence[Mapping[str, Any]], out: Path, axis: str) -> list
     return rows
 
 
+def _cell(text: str) -> str:
+    """A markdown table cell: a literal ``|`` would end the cell."""
+    return text.replace("\\|", "|").replace("|", "\\|")
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+    lines = ["| " + " | ".join(map(_cell, header)) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(map(_cell, row)) + " |" for row in rows]
 
 
 def _seat_lines(encoder: Mapping[str, Any], out: Path, axis: str) -> list[str]:
@@ -80,7 +85,7 @@ def _seat_lines(encoder: Mapping[str, Any], out: Path, axis: str) -> list[str]:
         )
     mean_before = before["seat"]["axes"][axis]["mean_abs_effect_size"]
     mean_after = after["seat"]["axes"][axis]["mean_abs_effect_size"]
-    rows.append([f"**mean \\|effect size\\| ({axis})**", f"**{mean_before:.3f}**", f"**{mean_after:.3f}**"])
+    rows.append([f"**mean |effect size| ({axis})**", f"**{mean_before:.3f}**", f"**{mean_after:.3f}**"])
     return [
         f"## SEAT on the sentence encoder ({encoder['model']})",
         "",
@@ -113,7 +118,8 @@ def write_report(summary: Mapping[str, Any], out: Path) -> Path:
         f"{'Quick run' if cfg['quick'] else 'Full run'}, seed {cfg['seed']}, {summary['seconds']:.0f} s. "
         "**One seed**: these figures show the workflow and carry their own 95% bootstrap intervals over items; a "
         "run-to-run change of 2-4 CrowS points is training noise. The multi-seed result with a no-swap control is "
-        "the experiment harness's (`peft-debias experiment --config recipes/experiments/smollm2-gender.yaml`).",
+        "the experiment harness's (`peft-debias experiment --config recipes/experiments/smollm2-gender-cpu.yaml`; "
+        "see the README).",
         "",
         f"- Training text (CDA, {axis}): {len(summary['training_text'])} Project Gutenberg novel(s). Perplexity: "
         f"{cfg['ppl_tokens']} tokens of `{Path(summary['perplexity_text']).name}` (WikiText-2, another source).",
@@ -145,6 +151,9 @@ def write_report(summary: Mapping[str, Any], out: Path) -> Path:
                 f"- `{run['adapter']}`: {run['label']} adapter with its model card; "
                 f"`peft-debias publish {run['adapter']} <org>/<name>` shares it."
             )
+    encoder = summary.get("encoder") or {}
+    if encoder.get("adapter"):
+        lines.append(f"- `{encoder['adapter']}`: the counterfactual-objective LoRA of {encoder['model']} (card).")
     if lora and lora.get("merged"):
         merged = lora["merged"]
         lines.append(
