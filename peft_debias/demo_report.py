@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+DAMAGED = 1.25  # a perplexity this many times the base's is flagged in the table
+
 
 def _load(out: Path, relative: str) -> dict[str, Any]:
     return json.loads((out / relative).read_text(encoding="utf-8"))
@@ -42,6 +44,8 @@ def causal_rows(runs: Sequence[Mapping[str, Any]], out: Path, axis: str) -> list
         ppl = results.get("perplexity", {}).get("perplexity")
         base_ppl = ppl if base_ppl is None else base_ppl
         change = "" if run["name"] == "base" or not ppl or not base_ppl else f" ({100 * (ppl / base_ppl - 1):+.1f}%)"
+        if ppl and base_ppl and ppl > DAMAGED * base_ppl:
+            change += " **LM damaged**"
         compare = results.get("compare", {})
         crows_p = _p(compare.get("crows", {}).get(axis, {}).get("mcnemar_p"))
         ss_p = _p(compare.get("stereoset", {}).get(axis, {}).get("mcnemar_p"))
@@ -125,7 +129,8 @@ def write_report(summary: Mapping[str, Any], out: Path) -> Path:
         f"{cfg['ppl_tokens']} tokens of `{Path(summary['perplexity_text']).name}` (WikiText-2, another source).",
         "- CrowS-Pairs and StereoSet are scored on the **report** half of their items (`--split report`); the biased "
         "model of the bias vector was trained on StereoSet stereotypes of the **select** half only.",
-        "- p-values: exact McNemar test on the per-item decisions against the base model.",
+        "- p-values: exact McNemar test on the per-item decisions against the base model. **LM damaged**: perplexity "
+        f"above {DAMAGED:g}x the base's; its bias scores say little (a broken model is not a fair one).",
         "",
         f"## Bias and quality ({cfg['causal_model']})",
         "",

@@ -110,3 +110,23 @@ def test_demo_bad_options_fail_before_any_work(argv, message, data_dir: Path, tm
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("peft-debias: error:") and message in err[0]
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_report_rows_flag_a_damaged_language_model(tmp_path: Path) -> None:
+    from peft_debias.demo_report import causal_rows
+
+    def write(name: str, ppl: float, score: float) -> str:
+        data = {"crows": {"axes": {"gender": {"stereotype_score": score, "ci95": [score - 5, score + 5]}}},
+                "perplexity": {"perplexity": ppl}}  # fmt: skip
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+        return f"{name}.json"
+
+    runs = [
+        {"name": "base", "label": "base", "results": write("base", 20.0, 56.0)},
+        {"name": "lora", "label": "lora", "results": write("lora", 21.0, 51.0)},
+        {"name": "prefix", "label": "prefix", "results": write("prefix", 459.0, 50.0)},
+    ]
+    rows = causal_rows(runs, tmp_path, "gender")
+    assert rows[0][1] == "56.00 [51.0, 61.0]" and rows[0][5] == "20.00"
+    assert rows[1][5] == "21.00 (+5.0%)"
+    assert rows[2][5] == "459.00 (+2195.0%) **LM damaged**"

@@ -26,6 +26,10 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import DebiasError
     from ..experiment import load_experiment_config, run_experiment
 
+    if not getattr(args, "verbose", 0):  # a long run: show one line per cell even at the default verbosity
+        import logging
+
+        logging.getLogger("peft_debias.experiment").setLevel(logging.INFO)
     if args.threads:
         import torch
 

@@ -95,6 +95,9 @@ def run_experiment(
     if not report_only:
         todo = [c for c in cells if c.run_id in run.missing]
         for i, cell in enumerate(todo, start=1):
+            if is_done(out, cell):  # finished meanwhile by another process sharing the output folder
+                logger.info("cell %d/%d: %s finished elsewhere, not recomputed", i, len(todo), cell.run_id)
+                continue
             started = time.perf_counter()
             logger.info("cell %d/%d: %s (%s, %s, seed %s)", i, len(todo), cell.run_id, cell.config, cell.role,
                         cell.seed)  # fmt: skip
