@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from eval_helpers import build_small_data
+from experiment_support import results_from_items
 
 from peft_debias.cli import main
 from peft_debias.errors import DebiasError
 from peft_debias.experiment import ExperimentConfig, expand_grid, load_experiment_config, run_experiment
 from peft_debias.experiment import cells as cells_mod
-from peft_debias.experiment.splits import crows_score, stereoset_scores
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "recipes" / "experiments" / "tiny.yaml"
@@ -135,16 +135,12 @@ def fake_eval(p_stereo: float, ppl: float, rng: np.random.Generator, n: int = 40
     """Results shaped like evaluate_bias's, with a chosen probability of preferring the stereotype."""
     decisions = {str(i): int(rng.random() < p_stereo) for i in range(n)}
     items = {f"s{i}": {"target": f"t{i % 6}", "pro": int(rng.random() < p_stereo), "related": 2} for i in range(n)}
-    return {
-        "crows": {"axes": {"gender": {"stereotype_score": crows_score(decisions)}}, "decisions": {"gender": decisions}},
-        "stereoset": {
-            "axes": {"gender": stereoset_scores(items)},
-            "decisions": {"gender": {k: v["pro"] for k, v in items.items()}},
-            "items": {"gender": items},
-        },
-        "perplexity": {"perplexity": ppl},
-        "paraphrase": {"cosine": 0.8, "unrelated": 0.3, "gap": 0.5, "accuracy": 0.9},
-    }
+    return results_from_items(
+        decisions,
+        items,
+        perplexity={"perplexity": ppl},
+        paraphrase={"cosine": 0.8, "unrelated": 0.3, "gap": 0.5, "accuracy": 0.9},
+    )
 
 
 class FakeCells:

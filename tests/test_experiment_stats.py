@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from experiment_support import results_from_items
 
 from peft_debias.experiment.splits import (
     REPORT,
@@ -141,16 +142,12 @@ def test_stereoset_scores_macro_average_by_hand() -> None:
 def _results(n: int = 40) -> dict:
     decisions = {str(i): int(i % 3 != 0) for i in range(n)}
     items = {f"s{i}": {"target": f"t{i % 4}", "pro": i % 2, "related": 2} for i in range(n)}
-    return {
-        "crows": {"axes": {"gender": {"stereotype_score": crows_score(decisions)}}, "decisions": {"gender": decisions}},
-        "stereoset": {
-            "axes": {"gender": stereoset_scores(items)},
-            "decisions": {"gender": {k: v["pro"] for k, v in items.items()}},
-            "items": {"gender": items},
-        },
-        "seat": {"axes": {"gender": {"mean_abs_effect_size": 0.61}}},
-        "perplexity": {"perplexity": 25.0},
-    }
+    return results_from_items(
+        decisions,
+        items,
+        seat={"axes": {"gender": {"mean_abs_effect_size": 0.61}}},
+        perplexity={"perplexity": 25.0},
+    )
 
 
 def test_point_metrics_split_figures_from_per_item_data() -> None:

@@ -157,21 +157,40 @@ def _run_seat(handle: ModelHandle, tests: Any, config: EvalConfig, axes: list[st
     return run_seat(encode, tests, axes=axes, n_samples=config.n_samples, seed=config.seed, progress=config.progress)
 
 
+def _load_items(
+    benchmark: str,
+    source: DataSource,
+    config: EvalConfig,
+    axes: list[str],
+    explicit: str | None,
+    read_file: Callable[[Path], list[Any]],
+    from_rows: Callable[[Any, Any, str], list[Any]],
+    for_axis: Callable[[list[Any], str, str], Any],
+    split_key: Callable[[Any], str],
+) -> tuple[Any, dict[str, Any]]:
+    """Items of an item benchmark (CrowS-Pairs, StereoSet) from the data folder or the Hub, restricted to the
+    ``config.split`` half (keyed by ``split_key``), each axis checked to have items."""
+    path = source.file(benchmark, explicit)
+    if path is None:
+        rows, features, where = hub_rows(benchmark)
+        items, info = from_rows(rows, features, where), {"hub": where}
+    else:
+        items, info, where = read_file(path), _file_info(path), str(path)
+    if config.split:
+        items = take_split(items, config.split, benchmark=benchmark, key=split_key, seed=config.split_seed)
+        info = {**info, "split": config.split, "split_seed": config.split_seed}
+    for axis in axes:
+        for_axis(items, axis, where)
+    return (items, where), info
+
+
 def _load_crows(source: DataSource, config: EvalConfig, axes: list[str]) -> tuple[Any, dict[str, Any]]:
     from .crows import crows_pairs_from_rows, load_crows_pairs, pairs_for_axis
 
-    path = source.file("crows", config.crows_file)
-    if path is None:
-        rows, features, where = hub_rows("crows")
-        pairs, info = crows_pairs_from_rows(rows, features, where), {"hub": where}
-    else:
-        pairs, info, where = load_crows_pairs(path), _file_info(path), str(path)
-    if config.split:
-        pairs = take_split(pairs, config.split, benchmark="crows", key=lambda p: p.id, seed=config.split_seed)
-        info = {**info, "split": config.split, "split_seed": config.split_seed}
-    for axis in axes:
-        pairs_for_axis(pairs, axis, where)
-    return (pairs, where), info
+    return _load_items(
+        "crows", source, config, axes, config.crows_file, load_crows_pairs, crows_pairs_from_rows, pairs_for_axis,
+        lambda pair: pair.id,
+    )  # fmt: skip
 
 
 def _run_crows(handle: ModelHandle, data: Any, config: EvalConfig, axes: list[str]) -> dict[str, Any]:
@@ -197,18 +216,10 @@ def _run_crows(handle: ModelHandle, data: Any, config: EvalConfig, axes: list[st
 def _load_stereoset(source: DataSource, config: EvalConfig, axes: list[str]) -> tuple[Any, dict[str, Any]]:
     from .stereoset import items_for_axis, load_stereoset, split_group, stereoset_from_rows
 
-    path = source.file("stereoset", config.stereoset_file)
-    if path is None:
-        rows, features, where = hub_rows("stereoset")
-        items, info = stereoset_from_rows(rows, features, where), {"hub": where}
-    else:
-        items, info, where = load_stereoset(path), _file_info(path), str(path)
-    if config.split:
-        items = take_split(items, config.split, benchmark="stereoset", key=split_group, seed=config.split_seed)
-        info = {**info, "split": config.split, "split_seed": config.split_seed}
-    for axis in axes:
-        items_for_axis(items, axis, where)
-    return (items, where), info
+    return _load_items(
+        "stereoset", source, config, axes, config.stereoset_file, load_stereoset, stereoset_from_rows, items_for_axis,
+        split_group,
+    )  # fmt: skip
 
 
 def _run_stereoset(handle: ModelHandle, data: Any, config: EvalConfig, axes: list[str]) -> dict[str, Any]:
