@@ -243,6 +243,7 @@ class CDAConfig:
     axis: str = field(default="gender", metadata={"help": "bias axis name or axis file"})
     mode: str = field(default="all", metadata={"help": "'all': one counterfactual per alternative class; 'one'"})
     keep_ratio: float = field(default=0.0, metadata={"help": "fraction of sentences without axis terms to keep"})
+    names: int = field(default=0, metadata={"help": "first-name pairs added to a gender axis (names.with_names)"})
     min_words: int = field(default=4, metadata={"help": "drop shorter sentences"})
     max_words: int = field(default=128, metadata={"help": "drop longer sentences"})
     max_sentences: int | None = field(default=None, metadata={"help": "stop after this many axis sentences"})
@@ -252,7 +253,9 @@ class CDAConfig:
     text_column: str = field(default="text", metadata={"help": "text field of JSONL/CSV/Hub records"})
 
     def validate(self) -> None:
-        get_axis(self.axis)
+        from .names import with_names
+
+        with_names(get_axis(self.axis), self.names)
         if self.mode not in CDA_MODES:
             raise DebiasError(f"unknown CDA mode {self.mode!r} (known: {', '.join(CDA_MODES)})", "pick a known mode")
         if not 0.0 <= self.keep_ratio <= 1.0:
@@ -287,8 +290,10 @@ def _keep_other(seed: int, index: int, ratio: float) -> bool:
 
 def iter_cda_records(sources: Sequence[str | Path], config: CDAConfig, stats: CDAStats) -> Iterator[dict[str, Any]]:
     """Yield ``{"id", "text", "counterfactuals"}`` records in corpus order, updating ``stats`` as it goes."""
+    from .names import with_names
+
     config.validate()
-    axis = get_axis(config.axis)
+    axis = with_names(get_axis(config.axis), config.names)
     start, next_id = time.perf_counter(), 0
     for source in sources:
         for sentence in iter_sentences(source, text_format=config.text_format, text_column=config.text_column):

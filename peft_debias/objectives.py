@@ -10,6 +10,11 @@
   regulariser; a bare encoder without an LM head instead keeps its embedding of the original sentence close to the
   frozen base model's. ``loss = lm + beta * invariance``.
 
+  Causal LMs choose the invariance term (``ObjectiveConfig.invariance``): ``distribution`` (the next-token KL
+  above), ``likelihood`` (the squared difference of the two sentences' total log-likelihoods, i.e. counterfactual
+  likelihood parity: the quantity CrowS-Pairs and StereoSet compare, which the KL term leaves free at the swapped
+  words themselves) or ``both`` (their sum). Encoders and masked LMs only have ``distribution``.
+
 Masking draws from a ``torch.Generator`` seeded per step, so a resumed run sees the same masks. Logits and hidden
 states are right-aligned to the input (prompt tuning prepends virtual tokens), so every method shares one loss.
 """
@@ -28,6 +33,7 @@ from .errors import DebiasError
 from .models import ModelKind
 
 OBJECTIVES = ("mlm", "clm", "counterfactual")
+INVARIANCES = ("distribution", "likelihood", "both")
 
 
 def default_objective(kind: ModelKind) -> str:
@@ -35,8 +41,17 @@ def default_objective(kind: ModelKind) -> str:
     return {ModelKind.MASKED_LM: "mlm", ModelKind.CAUSAL_LM: "clm", ModelKind.ENCODER: "counterfactual"}[kind]
 
 
-def check_objective(name: str, kind: ModelKind) -> None:
-    """Refuse unknown objectives and ones the model cannot train with."""
+def check_objective(name: str, kind: ModelKind, invariance: str = "distribution") -> None:
+    """Refuse unknown objectives and invariance terms, and ones the model cannot train with."""
+    if invariance not in INVARIANCES:
+        raise DebiasError(
+            f"unknown invariance {invariance!r} (known: {', '.join(INVARIANCES)})", "pick a known invariance"
+        )
+    if invariance != "distribution" and kind is not ModelKind.CAUSAL_LM:
+        raise DebiasError(
+            f"invariance {invariance!r} needs a causal LM ({kind.value} models compare pooled embeddings)",
+            "use --invariance distribution",
+        )
     if name not in OBJECTIVES:
         raise DebiasError(f"unknown objective {name!r} (known: {', '.join(OBJECTIVES)})", "pick a known objective")
     allowed = {
@@ -57,6 +72,7 @@ class ObjectiveConfig:
     mlm_probability: float = 0.15
     whole_word_mask: bool = False
     beta: float = 1.0  # weight of the counterfactual invariance term
+    invariance: str = "distribution"  # causal LMs: distribution | likelihood | both (see the module docstring)
     max_length: int = 128
 
 
@@ -147,12 +163,16 @@ def _mlm_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100)
 
 
-def _clm_logits_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _clm_logits_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits, the mean next-token loss and each sequence's total log-likelihood (BOS excluded)."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
     logits = model(**_inputs(batch)).logits[:, -ids.shape[1] :]
     labels = torch.where(mask.bool(), ids, torch.full_like(ids, -100))[:, 1:]
-    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
-    return logits, loss
+    nll = F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="none"
+    ).view(labels.shape)
+    counted = (labels != -100).sum().clamp(min=1)
+    return logits, nll.sum() / counted, -nll.sum(1)
 
 
 def _pooled(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -218,10 +238,14 @@ def compute_loss(
         return loss, {"lm": float(loss.detach())}
     orig, cf = batch["orig"], batch["cf"]
     if kind is ModelKind.CAUSAL_LM:
-        logits_o, lm_o = _clm_logits_loss(model, orig)
-        logits_c, lm_c = _clm_logits_loss(model, cf)
+        logits_o, lm_o, seq_o = _clm_logits_loss(model, orig)
+        logits_c, lm_c, seq_c = _clm_logits_loss(model, cf)
         lm = (lm_o + lm_c) / 2
-        invariance = _next_token_divergence(logits_o, orig, logits_c, cf)
+        invariance = logits_o.sum() * 0.0
+        if cfg.invariance in ("distribution", "both"):
+            invariance = invariance + _next_token_divergence(logits_o, orig, logits_c, cf)
+        if cfg.invariance in ("likelihood", "both"):
+            invariance = invariance + ((seq_o - seq_c) ** 2).mean()
     else:
         emb_o, emb_c = _pooled(model, orig), _pooled(model, cf)
         invariance = (1 - F.cosine_similarity(emb_o.float(), emb_c.float(), dim=-1)).mean()

@@ -73,6 +73,10 @@ class TrainConfig:
     cda: bool = field(default=True, metadata={"help": "False trains the no-swap control on the same sentences"})
     cda_mode: str = "all"
     keep_ratio: float = 0.0
+    names: int = field(
+        default=0,
+        metadata={"help": "also swap the N most frequent first names of each gender (gender axis; needs faker)"},
+    )
     max_sentences: int | None = None
     r: int = 8
     alpha: int = 8
@@ -83,6 +87,10 @@ class TrainConfig:
     mlm_probability: float = 0.15
     whole_word_mask: bool = False
     beta: float = field(default=1.0, metadata={"help": "weight of the counterfactual invariance term"})
+    invariance: str = field(
+        default="distribution",
+        metadata={"help": "counterfactual term for causal LMs: distribution | likelihood | both"},
+    )
     revision: str | None = None
     trust_remote_code: bool = False
     allow_pickle: bool = False
@@ -156,8 +164,13 @@ class TrainConfig:
         if self.scheduler not in schedulers:
             raise DebiasError(f"unknown scheduler {self.scheduler!r}", f"use one of {', '.join(schedulers)}")
         from .corpora import CDAConfig
+        from .objectives import INVARIANCES
 
-        CDAConfig(self.axis, self.cda_mode, self.keep_ratio, max_sentences=self.max_sentences).validate()
+        if self.invariance not in INVARIANCES:
+            raise DebiasError(f"unknown invariance {self.invariance!r}", f"use one of {', '.join(INVARIANCES)}")
+        CDAConfig(
+            self.axis, self.cda_mode, self.keep_ratio, names=self.names, max_sentences=self.max_sentences
+        ).validate()
 
     def fingerprint(self) -> str:
         data = {k: v for k, v in asdict(self).items() if k not in _RESUME_FREE}

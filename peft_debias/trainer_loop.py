@@ -96,6 +96,7 @@ def run_training(config: TrainConfig, work: Path, step_callback: StepCallback | 
         axis=config.axis,
         mode=config.cda_mode,
         keep_ratio=config.keep_ratio,
+        names=config.names,
         max_sentences=config.max_sentences,
         seed=config.seed,
     )
@@ -110,7 +111,7 @@ def run_training(config: TrainConfig, work: Path, step_callback: StepCallback | 
     )
     kind: ModelKind = loaded.kind
     objective = config.objective or default_objective(kind)
-    check_objective(objective, kind)
+    check_objective(objective, kind, config.invariance)
     if objective in ("mlm", "counterfactual") and kind is ModelKind.MASKED_LM and loaded.tokenizer.mask_token is None:
         raise DebiasError("the tokenizer has no mask token", "use a masked LM with a [MASK] token")
     base_fingerprint = weights_fingerprint(loaded.model)
@@ -131,6 +132,7 @@ def run_training(config: TrainConfig, work: Path, step_callback: StepCallback | 
         mlm_probability=config.mlm_probability,
         whole_word_mask=config.whole_word_mask,
         beta=config.beta,
+        invariance=config.invariance,
         max_length=min(config.max_length, max_positions(loaded.model, loaded.tokenizer)),
     )
 

@@ -45,6 +45,11 @@ def test_cda_writes_jsonl(tmp_path: Path) -> None:
         "The priest spoke at the church today.",
         "The imam spoke at the mosque today.",
     ]
+    corpus.write_text("Sarah met the doctor today.\nThe weather is fine today.\n")
+    out3 = tmp_path / "names.jsonl"
+    args = ("cda", "--axis", "gender", "--corpus", str(corpus), "--output", str(out3), "--names", "20")
+    assert run_cli(*args).returncode == 0
+    assert json.loads(out3.read_text())["counterfactuals"] == ["Joseph met the doctor today."]
 
 
 def _corpus(tmp_path: Path, name: str, content: bytes) -> str:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from peft_debias.errors import DebiasError
-from peft_debias.methods import LORA_TARGETS, build_peft_config, get_method
+from peft_debias.methods import LORA_TARGETS, MethodOptions, build_peft_config, get_method
 from peft_debias.models import ModelKind, load_model
 from peft_debias.objectives import (
     ObjectiveConfig,
@@ -132,3 +132,85 @@ def test_objective_and_method_registries() -> None:
     assert LORA_TARGETS["llama"] == ["q_proj", "v_proj"]
     with pytest.raises(DebiasError, match="no default LoRA target modules for model type 'mamba'"):
         build_peft_config("lora", ModelKind.CAUSAL_LM, "mamba")
+
+
+def _pair_batch(llama, rows):
+    return collate(
+        rows,
+        "counterfactual",
+        llama.tokenizer,
+        ModelKind.CAUSAL_LM,
+        ObjectiveConfig(),
+        torch.Generator().manual_seed(0),
+    )
+
+
+def _sentence_logprob(model, tokenizer, text: str) -> float:
+    """log P(text | BOS), computed token by token from the model's logits (independently of the objective)."""
+    ids = [tokenizer.bos_token_id, *tokenizer(text, add_special_tokens=False)["input_ids"]]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0].double()
+    return sum(float(torch.log_softmax(logits[t - 1], -1)[ids[t]]) for t in range(1, len(ids)))
+
+
+def test_likelihood_invariance_is_the_squared_log_likelihood_gap(tiny_models) -> None:
+    llama = load_model(str(tiny_models["llama"]))
+    pairs = [("he is a doctor", "she is a doctor"), ("my father cooks dinner", "my mother cooks dinner")]
+    batch = _pair_batch(llama, [{"text": a, "counterfactual": b} for a, b in pairs])
+    gaps = [
+        _sentence_logprob(llama.model, llama.tokenizer, a) - _sentence_logprob(llama.model, llama.tokenizer, b)
+        for a, b in pairs
+    ]
+    expected = sum(g * g for g in gaps) / len(gaps)
+    cfg = ObjectiveConfig(beta=0.5, invariance="likelihood")
+    with torch.no_grad():
+        loss, parts = compute_loss(llama.model, batch, "counterfactual", ModelKind.CAUSAL_LM, cfg)
+    assert expected > 0 and parts["invariance"] == pytest.approx(expected, rel=1e-4)
+    assert float(loss) == pytest.approx(parts["lm"] + 0.5 * expected, rel=1e-5)
+    with torch.no_grad():
+        kl = compute_loss(llama.model, batch, "counterfactual", ModelKind.CAUSAL_LM, ObjectiveConfig())[1]
+        both = compute_loss(
+            llama.model, batch, "counterfactual", ModelKind.CAUSAL_LM, ObjectiveConfig(invariance="both")
+        )[1]
+    assert both["invariance"] == pytest.approx(kl["invariance"] + expected, rel=1e-4)
+
+
+def _gap(model, tokenizer, pair: tuple[str, str]) -> float:
+    return abs(_sentence_logprob(model, tokenizer, pair[0]) - _sentence_logprob(model, tokenizer, pair[1]))
+
+
+STEPS = 80
+
+
+def test_likelihood_invariance_closes_the_gap_when_trained(tiny_models) -> None:
+    """Steps on one pair: the parity term shrinks the log-likelihood gap; the LM loss alone does not."""
+    from peft import get_peft_model
+
+    def gap_after(beta: float) -> tuple[float, float]:
+        llama = load_model(str(tiny_models["llama"]))
+        torch.manual_seed(0)
+        options = MethodOptions(r=4, alpha=8)
+        model = get_peft_model(llama.model, build_peft_config("lora", ModelKind.CAUSAL_LM, "llama", options))
+        pair = ("he is a doctor", "she is a doctor")
+        batch = _pair_batch(llama, [{"text": pair[0], "counterfactual": pair[1]}])
+        cfg = ObjectiveConfig(beta=beta, invariance="likelihood")
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        before = _gap(model, llama.tokenizer, pair)
+        for _ in range(STEPS):
+            opt.zero_grad()
+            compute_loss(model, batch, "counterfactual", ModelKind.CAUSAL_LM, cfg)[0].backward()
+            opt.step()
+        return before, _gap(model, llama.tokenizer, pair)
+
+    before, with_parity = gap_after(1.0)
+    _, without = gap_after(0.0)
+    assert before > 0.05
+    assert with_parity < 0.5 * before and with_parity < 0.5 * without  # measured: 6.27 -> 2.50 vs 5.87
+
+
+def test_invariance_choices_are_checked() -> None:
+    check_objective("counterfactual", ModelKind.CAUSAL_LM, "likelihood")
+    with pytest.raises(DebiasError, match=r"unknown invariance 'x' \(known: distribution, likelihood, both\)"):
+        check_objective("counterfactual", ModelKind.CAUSAL_LM, "x")
+    with pytest.raises(DebiasError, match="invariance 'likelihood' needs a causal LM"):
+        check_objective("counterfactual", ModelKind.ENCODER, "likelihood")

@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keep-ratio", type=float, default=0.0, help="fraction of sentences without axis words to keep (default 0)"
     )
+    parser.add_argument(
+        "--names", type=int, default=0, help="also swap the N most frequent first names of each gender (default 0)"
+    )
     parser.add_argument("--min-words", type=int, default=4)
     parser.add_argument("--max-words", type=int, default=128)
     parser.add_argument("--max-sentences", type=int, default=None, help="stop after this many axis sentences")
@@ -43,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         axis=args.axis,
         mode=args.mode,
         keep_ratio=args.keep_ratio,
+        names=args.names,
         min_words=args.min_words,
         max_words=args.max_words,
         max_sentences=args.max_sentences,

@@ -35,6 +35,19 @@ HARNESS_VERSION = 1
 # Harness defaults for the evaluation (a config's eval block overrides them).
 EVAL_DEFAULTS: dict[str, Any] = {"n_bootstrap": 1000, "seat_tests": "axes"}
 _VOLATILE_TRAIN = {"output", "resume", "overwrite", "progress", "log_every", "save_every", "eval_every"}
+# TrainConfig fields added after the first cached grids: left out of the spec while at their default, so that the
+# ids of cells cached before they existed stay valid.
+_LATER_TRAIN_DEFAULTS = {"invariance": "distribution", "names": 0}
+
+
+def _train_spec(train: Any) -> dict[str, Any]:
+    return {
+        k: v
+        for k, v in asdict(train).items()
+        if k not in _VOLATILE_TRAIN and not (k in _LATER_TRAIN_DEFAULTS and v == _LATER_TRAIN_DEFAULTS[k])
+    }
+
+
 _VOLATILE_BIASED = {"output", "overwrite", "progress", "corpus"}
 _PATH_EVAL_KEYS = ("seat_dir", "crows_file", "stereoset_file", "ppl_file")
 KINDS = ("baseline", "adapter", "vector")
@@ -176,7 +189,7 @@ def expand_grid(config: ExperimentConfig, data_dir: str | Path | None = None) ->
                 spec = {
                     "model": ex.models[model], "axis": axis, "method": method, "objective": objective,
                     "variant": variant, "role": role, "seed": seed, "steps": steps,
-                    "train": {k: v for k, v in asdict(train).items() if k not in _VOLATILE_TRAIN},
+                    "train": _train_spec(train),
                     "runtime": {k: v for k, v in asdict(train).items() if k in _VOLATILE_TRAIN - {"output"}},
                     "eval": ex.eval_spec([axis]), "paraphrase": config.paraphrase,
                 }  # fmt: skip
