@@ -14,6 +14,11 @@
   above), ``likelihood`` (the squared difference of the two sentences' total log-likelihoods, i.e. counterfactual
   likelihood parity: the quantity CrowS-Pairs and StereoSet compare, which the KL term leaves free at the swapped
   words themselves) or ``both`` (their sum). Encoders and masked LMs only have ``distribution``.
+  Causal LMs also choose the regulariser (``ObjectiveConfig.regulariser``): ``lm`` (the LM loss on both sentences,
+  default) or ``base``: the KL divergence from the frozen base model's next-token distributions on the original
+  sentence. With ``base`` the model keeps its own language model instead of adapting to the training text, so a
+  no-swap control (each sentence paired with itself) has nothing to learn and stays at the base model: whatever the
+  treatment changes comes from the swaps.
 
 Masking draws from a ``torch.Generator`` seeded per step, so a resumed run sees the same masks. Logits and hidden
 states are right-aligned to the input (prompt tuning prepends virtual tokens), so every method shares one loss.
@@ -34,6 +39,7 @@ from .models import ModelKind
 
 OBJECTIVES = ("mlm", "clm", "counterfactual")
 INVARIANCES = ("distribution", "likelihood", "both")
+REGULARISERS = ("lm", "base")
 
 
 def default_objective(kind: ModelKind) -> str:
@@ -41,8 +47,22 @@ def default_objective(kind: ModelKind) -> str:
     return {ModelKind.MASKED_LM: "mlm", ModelKind.CAUSAL_LM: "clm", ModelKind.ENCODER: "counterfactual"}[kind]
 
 
-def check_objective(name: str, kind: ModelKind, invariance: str = "distribution") -> None:
-    """Refuse unknown objectives and invariance terms, and ones the model cannot train with."""
+def check_objective(name: str, kind: ModelKind, invariance: str = "distribution", regulariser: str = "lm") -> None:
+    """Refuse unknown objectives, invariance terms and regularisers, and ones the model cannot train with."""
+    if regulariser not in REGULARISERS:
+        raise DebiasError(
+            f"unknown regulariser {regulariser!r} (known: {', '.join(REGULARISERS)})", "pick a known regulariser"
+        )
+    if (invariance != "distribution" or regulariser != "lm") and name != "counterfactual":
+        raise DebiasError(
+            f"invariance {invariance!r} / regulariser {regulariser!r} apply to the counterfactual objective only",
+            "use --objective counterfactual, or drop these options",
+        )
+    if regulariser != "lm" and kind is not ModelKind.CAUSAL_LM:
+        raise DebiasError(
+            f"regulariser {regulariser!r} needs a causal LM ({kind.value} models have their own)",
+            "use --regulariser lm",
+        )
     if invariance not in INVARIANCES:
         raise DebiasError(
             f"unknown invariance {invariance!r} (known: {', '.join(INVARIANCES)})", "pick a known invariance"
@@ -73,6 +93,7 @@ class ObjectiveConfig:
     whole_word_mask: bool = False
     beta: float = 1.0  # weight of the counterfactual invariance term
     invariance: str = "distribution"  # causal LMs: distribution | likelihood | both (see the module docstring)
+    regulariser: str = "lm"  # causal LMs: lm | base (see the module docstring)
     max_length: int = 128
 
 
@@ -226,6 +247,30 @@ def _reference_model(model):
     return disabled()
 
 
+def _kl_to_base(model, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
+    """KL(base || model) of the next-token distributions, averaged over the real positions of ``batch``."""
+    with torch.no_grad(), _reference_model(model) as ref:
+        ref_logits = ref(**_inputs(batch)).logits[:, -batch["input_ids"].shape[1] :]
+    log_p = F.log_softmax(logits.float(), -1)
+    log_q = F.log_softmax(ref_logits.float(), -1)
+    per_position = (log_q.exp() * (log_q - log_p)).sum(-1)
+    mask = batch["attention_mask"].to(per_position.dtype)
+    return (per_position * mask).sum() / mask.sum().clamp(min=1)
+
+
+def _same_inputs(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a["input_ids"].shape == b["input_ids"].shape and bool(torch.equal(a["input_ids"], b["input_ids"]))
+
+
+def _dropout_active(model) -> bool:
+    if not model.training:
+        return False
+    config = getattr(getattr(model, "module", model), "config", None)
+    if any(getattr(config, name, 0) or 0 for name in ("attention_dropout", "attn_pdrop")):
+        return True
+    return any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+
+
 def compute_loss(
     model, batch: dict[str, Any], objective: str, kind: ModelKind, cfg: ObjectiveConfig
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -239,8 +284,13 @@ def compute_loss(
     orig, cf = batch["orig"], batch["cf"]
     if kind is ModelKind.CAUSAL_LM:
         logits_o, lm_o, seq_o = _clm_logits_loss(model, orig)
-        logits_c, lm_c, seq_c = _clm_logits_loss(model, cf)
-        lm = (lm_o + lm_c) / 2
+        # a no-swap control pairs each sentence with itself: without dropout one forward pass gives the same loss
+        # and gradient as two
+        if _same_inputs(orig, cf) and not _dropout_active(model):
+            logits_c, lm_c, seq_c = logits_o, lm_o, seq_o
+        else:
+            logits_c, lm_c, seq_c = _clm_logits_loss(model, cf)
+        lm = (lm_o + lm_c) / 2 if cfg.regulariser == "lm" else _kl_to_base(model, orig, logits_o)
         invariance = logits_o.sum() * 0.0
         if cfg.invariance in ("distribution", "both"):
             invariance = invariance + _next_token_divergence(logits_o, orig, logits_c, cf)

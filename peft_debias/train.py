@@ -91,6 +91,10 @@ class TrainConfig:
         default="distribution",
         metadata={"help": "counterfactual term for causal LMs: distribution | likelihood | both"},
     )
+    regulariser: str = field(
+        default="lm",
+        metadata={"help": "counterfactual objective, causal LMs: lm (LM loss) | base (KL to the frozen base model)"},
+    )
     revision: str | None = None
     trust_remote_code: bool = False
     allow_pickle: bool = False
@@ -164,10 +168,12 @@ class TrainConfig:
         if self.scheduler not in schedulers:
             raise DebiasError(f"unknown scheduler {self.scheduler!r}", f"use one of {', '.join(schedulers)}")
         from .corpora import CDAConfig
-        from .objectives import INVARIANCES
+        from .objectives import INVARIANCES, REGULARISERS
 
         if self.invariance not in INVARIANCES:
             raise DebiasError(f"unknown invariance {self.invariance!r}", f"use one of {', '.join(INVARIANCES)}")
+        if self.regulariser not in REGULARISERS:
+            raise DebiasError(f"unknown regulariser {self.regulariser!r}", f"use one of {', '.join(REGULARISERS)}")
         CDAConfig(
             self.axis, self.cda_mode, self.keep_ratio, names=self.names, max_sentences=self.max_sentences
         ).validate()

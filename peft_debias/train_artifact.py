@@ -64,6 +64,7 @@ def adapter_info(
             "mixed_precision": config.mixed_precision,
             "beta": config.beta,
             "invariance": config.invariance,
+            "regulariser": config.regulariser,
             "seconds_per_step": round(result.seconds_per_step, 4),
         },
         "metrics": {"train_loss": result.train_loss, "eval_loss": result.eval_loss},

@@ -111,7 +111,7 @@ def run_training(config: TrainConfig, work: Path, step_callback: StepCallback | 
     )
     kind: ModelKind = loaded.kind
     objective = config.objective or default_objective(kind)
-    check_objective(objective, kind, config.invariance)
+    check_objective(objective, kind, config.invariance, config.regulariser)
     if objective in ("mlm", "counterfactual") and kind is ModelKind.MASKED_LM and loaded.tokenizer.mask_token is None:
         raise DebiasError("the tokenizer has no mask token", "use a masked LM with a [MASK] token")
     base_fingerprint = weights_fingerprint(loaded.model)
@@ -133,6 +133,7 @@ def run_training(config: TrainConfig, work: Path, step_callback: StepCallback | 
         whole_word_mask=config.whole_word_mask,
         beta=config.beta,
         invariance=config.invariance,
+        regulariser=config.regulariser,
         max_length=min(config.max_length, max_positions(loaded.model, loaded.tokenizer)),
     )
 

@@ -122,6 +122,11 @@ def test_cli_error_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     assert main(["experiment", "--config", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("peft-debias: error: experiment config") and err.count("\n") == 1 and "lorax" in err
+    for shard in ("3/2", "0/2", "1", "a/b"):
+        assert main(["experiment", "--config", str(TINY), "--shard", shard, "--output", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err
+        assert f"--shard {shard!r} is not K/N with 1 <= K <= N" in err and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()
 
 
 # ------------------------------------------------------------------------------------ stand-in cells

@@ -71,6 +71,16 @@ def test_tiny_grid_end_to_end_and_rerun_of_one_cell(tiny_llama, small_data, tmp_
     after = json.loads((out / "cells" / victim.run_id / "result.json").read_text())
     assert after["points"][1]["eval"]["crows"]["decisions"] == before["points"][1]["eval"]["crows"]["decisions"]
     assert after["train"]["adapter_fingerprint"] == before["train"]["adapter_fingerprint"]  # seeded: same adapter
+    # --shard K/N splits the missing cells by grid position between processes sharing the output folder
+    gone = [c for c in run.cells if c.kind == "adapter"][:2]  # adjacent: one at an even, one at an odd position
+    for cell in gone:
+        shutil.rmtree(out / "cells" / cell.run_id)
+    position = {c.run_id: i for i, c in enumerate(run.cells)}
+    first = run_experiment(config, out, data_dir=small_data, progress=False, shard=(1, 2))
+    assert first.computed == [c.run_id for c in gone if position[c.run_id] % 2 == 0] and len(first.computed) == 1
+    assert len(first.missing) == 1
+    second = run_experiment(config, out, data_dir=small_data, progress=False, shard=(2, 2))
+    assert second.computed == [c.run_id for c in gone if position[c.run_id] % 2 == 1] and second.missing == []
 
 
 def test_step_callback_does_not_change_training(tiny_models, tmp_path) -> None:

@@ -214,3 +214,64 @@ def test_invariance_choices_are_checked() -> None:
         check_objective("counterfactual", ModelKind.CAUSAL_LM, "x")
     with pytest.raises(DebiasError, match="invariance 'likelihood' needs a causal LM"):
         check_objective("counterfactual", ModelKind.ENCODER, "likelihood")
+
+
+def test_control_pairs_take_one_forward_pass_and_match_the_lm_objective(tiny_models, monkeypatch) -> None:
+    """A no-swap pair (a sentence with itself) costs one forward pass and trains exactly like ``clm``."""
+    import peft_debias.objectives as objectives
+
+    llama = load_model(str(tiny_models["llama"]))
+    llama.model.train()
+    text = ["he is a doctor at the clinic", "my father cooks"]
+    gen = torch.Generator().manual_seed(0)
+    pair = collate([{"text": t, "counterfactual": t} for t in text], "counterfactual", llama.tokenizer,
+                   ModelKind.CAUSAL_LM, ObjectiveConfig(), gen)  # fmt: skip
+    plain = collate([{"text": t} for t in text], "clm", llama.tokenizer, ModelKind.CAUSAL_LM, ObjectiveConfig(), gen)
+    calls = []
+    real = objectives._clm_logits_loss
+    monkeypatch.setattr(objectives, "_clm_logits_loss", lambda m, b: calls.append(1) or real(m, b))
+    cfg = ObjectiveConfig(invariance="both")
+    grads = []
+    for batch, objective in ((pair, "counterfactual"), (plain, "clm")):
+        llama.model.zero_grad()
+        compute_loss(llama.model, batch, objective, ModelKind.CAUSAL_LM, cfg)[0].backward()
+        grads.append(torch.cat([p.grad.flatten() for p in llama.model.parameters() if p.grad is not None]))
+    assert len(calls) == 2  # one pass for the pair, one for clm
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_base_regulariser_is_the_kl_to_the_frozen_base_and_leaves_a_control_at_the_base(tiny_models) -> None:
+    from peft import get_peft_model
+
+    llama = load_model(str(tiny_models["llama"]))
+    torch.manual_seed(0)
+    model = get_peft_model(llama.model, build_peft_config("lora", ModelKind.CAUSAL_LM, "llama", MethodOptions(r=4)))
+    cfg = ObjectiveConfig(invariance="likelihood", regulariser="base")
+    control = _pair_batch(llama, [{"text": "he is a doctor", "counterfactual": "he is a doctor"}])
+    loss, parts = compute_loss(model, control, "counterfactual", ModelKind.CAUSAL_LM, cfg)
+    loss.backward()
+    assert parts["lm"] == pytest.approx(0.0, abs=1e-7) and parts["invariance"] == 0.0
+    grads = [p.grad.abs().max() for p in model.parameters() if p.grad is not None]
+    assert grads and max(grads) < 1e-6  # nothing to learn (the gradient of KL at its minimum, up to rounding)
+    with torch.no_grad():  # move the adapter: the regulariser is KL(base || model), by hand
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+        treated = _pair_batch(llama, [{"text": "he is a doctor", "counterfactual": "she is a doctor"}])
+        parts = compute_loss(model, treated, "counterfactual", ModelKind.CAUSAL_LM, cfg)[1]
+        ids = treated["orig"]["input_ids"]
+        log_p = torch.log_softmax(model(input_ids=ids).logits.double(), -1)
+        with model.disable_adapter():
+            log_q = torch.log_softmax(model(input_ids=ids).logits.double(), -1)
+    expected = float((log_q.exp() * (log_q - log_p)).sum(-1).mean())
+    assert expected > 1e-3 and parts["lm"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_regulariser_and_invariance_choices_are_checked() -> None:
+    check_objective("counterfactual", ModelKind.CAUSAL_LM, "likelihood", "base")
+    with pytest.raises(DebiasError, match=r"unknown regulariser 'l2' \(known: lm, base\)"):
+        check_objective("counterfactual", ModelKind.CAUSAL_LM, "distribution", "l2")
+    with pytest.raises(DebiasError, match="regulariser 'base' needs a causal LM"):
+        check_objective("counterfactual", ModelKind.ENCODER, "distribution", "base")
+    with pytest.raises(DebiasError, match="apply to the counterfactual objective only"):
+        check_objective("clm", ModelKind.CAUSAL_LM, "likelihood")

@@ -20,6 +20,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-biased", action="store_true", default=None, help="keep vector cells' biased models")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--threads", type=int, help="torch CPU threads (1 is steadier on a shared machine)")
+    parser.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="compute only cells K, K+N, K+2N, ... of the grid (1-based), to split it over processes or machines "
+        "sharing the output folder; the report covers every finished cell",
+    )
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> ``(K, N)`` with ``1 <= K <= N``."""
+    from ..errors import DebiasError
+
+    parts = text.split("/")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts) or not 1 <= int(parts[0]) <= int(parts[1]):
+        raise DebiasError(f"--shard {text!r} is not K/N with 1 <= K <= N", "write e.g. --shard 1/2 and --shard 2/2")
+    return int(parts[0]), int(parts[1])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         report_only=args.report_only,
         progress=not args.no_progress,
         keep_biased=args.keep_biased,
+        shard=parse_shard(args.shard) if args.shard else None,
     )
     if args.dry_run:
         cached = set(result.cached)

@@ -37,7 +37,7 @@ EVAL_DEFAULTS: dict[str, Any] = {"n_bootstrap": 1000, "seat_tests": "axes"}
 _VOLATILE_TRAIN = {"output", "resume", "overwrite", "progress", "log_every", "save_every", "eval_every"}
 # TrainConfig fields added after the first cached grids: left out of the spec while at their default, so that the
 # ids of cells cached before they existed stay valid.
-_LATER_TRAIN_DEFAULTS = {"invariance": "distribution", "names": 0}
+_LATER_TRAIN_DEFAULTS = {"invariance": "distribution", "names": 0, "regulariser": "lm"}
 
 
 def _train_spec(train: Any) -> dict[str, Any]:

@@ -62,6 +62,7 @@ def run_experiment(
     report_only: bool = False,
     progress: bool = True,
     keep_biased: bool | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> ExperimentRun:
     """Run (or continue) the experiment and write its report.
 
@@ -73,6 +74,8 @@ def run_experiment(
         report_only: compute nothing; analyse and report the cells that are finished.
         progress: progress bars for training.
         keep_biased: keep the biased models of vector cells (default: the config's ``vector.keep_biased``).
+        shard: ``(k, n)``: compute only the cells at grid positions ``k - 1, k - 1 + n, ...``, so that ``n``
+            processes sharing ``output`` split the grid; the report covers all finished cells.
     """
     data = resolve_data(config, data_dir)
     out = Path(output) if output is not None else default_output(config)
@@ -93,7 +96,8 @@ def run_experiment(
     keep = keep_biased if keep_biased is not None else bool(config.vector and config.vector.keep_biased)
     ctx = RunContext(out, data, progress=progress, keep_biased=keep)
     if not report_only:
-        todo = [c for c in cells if c.run_id in run.missing]
+        mine = {c.run_id for i, c in enumerate(cells) if shard is None or i % shard[1] == shard[0] - 1}
+        todo = [c for c in cells if c.run_id in run.missing and c.run_id in mine]
         for i, cell in enumerate(todo, start=1):
             if is_done(out, cell):  # finished meanwhile by another process sharing the output folder
                 logger.info("cell %d/%d: %s finished elsewhere, not recomputed", i, len(todo), cell.run_id)
