@@ -71,8 +71,9 @@ def markdown_report(summary: Mapping[str, Any]) -> str:
         "## How to read this report",
         "",
         f"- **Split**: the CrowS-Pairs and StereoSet items are split into a *select* half and a *report* half by a "
-        f"seeded hash of the item id (split seed {summary['split']['seed']}; the halves of `peft-debias eval "
-        "--split`). Checkpoint steps, searched values, lambda and the best configuration are chosen on the select "
+        f"seeded hash of the item id (StereoSet: of its template, so that items sharing a stereotype sentence stay in "
+        f"one half; split seed {summary['split']['seed']}; the halves of `peft-debias eval --split`). Checkpoint "
+        "steps, searched values, lambda and the best configuration are chosen on the select "
         "half; **every figure below is on the report half** unless marked. SEAT, perplexity and the paraphrase "
         "check have no item split (all their data).",
         f"- **Selection**: metric `{sel['metric']}`, criterion `{sel['criterion']}` (effect: most bias removed beyond "
