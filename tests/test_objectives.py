@@ -70,28 +70,23 @@ def test_aligned_positions_skip_the_swapped_words() -> None:
     assert _aligned_positions(a, 3, b, 4) == ([1], [2])
 
 
+def _pair_batch(llama, rows):
+    return collate(
+        rows,
+        "counterfactual",
+        llama.tokenizer,
+        ModelKind.CAUSAL_LM,
+        ObjectiveConfig(),
+        torch.Generator().manual_seed(0),
+    )
+
+
 def test_counterfactual_loss_is_zero_for_identical_pairs(tiny_models) -> None:
     llama = load_model(str(tiny_models["llama"]))
-    rows = [{"text": "he is a doctor", "counterfactual": "he is a doctor"}]
-    batch = collate(
-        rows,
-        "counterfactual",
-        llama.tokenizer,
-        ModelKind.CAUSAL_LM,
-        ObjectiveConfig(),
-        torch.Generator().manual_seed(0),
-    )
+    batch = _pair_batch(llama, [{"text": "he is a doctor", "counterfactual": "he is a doctor"}])
     _, parts = compute_loss(llama.model, batch, "counterfactual", ModelKind.CAUSAL_LM, ObjectiveConfig())
     assert parts["invariance"] == pytest.approx(0.0, abs=1e-6)
-    rows = [{"text": "he is a doctor", "counterfactual": "she is a doctor"}]
-    batch = collate(
-        rows,
-        "counterfactual",
-        llama.tokenizer,
-        ModelKind.CAUSAL_LM,
-        ObjectiveConfig(),
-        torch.Generator().manual_seed(0),
-    )
+    batch = _pair_batch(llama, [{"text": "he is a doctor", "counterfactual": "she is a doctor"}])
     assert (
         compute_loss(llama.model, batch, "counterfactual", ModelKind.CAUSAL_LM, ObjectiveConfig())[1]["invariance"] > 0
     )
@@ -132,17 +127,6 @@ def test_objective_and_method_registries() -> None:
     assert LORA_TARGETS["llama"] == ["q_proj", "v_proj"]
     with pytest.raises(DebiasError, match="no default LoRA target modules for model type 'mamba'"):
         build_peft_config("lora", ModelKind.CAUSAL_LM, "mamba")
-
-
-def _pair_batch(llama, rows):
-    return collate(
-        rows,
-        "counterfactual",
-        llama.tokenizer,
-        ModelKind.CAUSAL_LM,
-        ObjectiveConfig(),
-        torch.Generator().manual_seed(0),
-    )
 
 
 def _sentence_logprob(model, tokenizer, text: str) -> float:
