@@ -87,6 +87,21 @@ def test_grid_ids_are_deterministic_and_follow_the_config(small_data: Path) -> N
     assert other["baseline"] in ids and other["adapter"] not in ids and other["vector"] in ids
 
 
+def test_vector_cells_train_on_the_select_half_the_evaluation_uses(data_dir: Path, small_data: Path) -> None:
+    """The biased copy of a vector cell never sees a report-half StereoSet stereotype (halves keyed by template)."""
+    from peft_debias.biased import stereotype_sentences
+
+    cell = next(c for c in expand_grid(tiny_config(), small_data) if c.kind == "vector" and c.role == "treatment")
+    path = data_dir / "stereoset" / "stereoset_dev_flat.jsonl"
+    spec = {**cell.spec, "stereoset_file": str(path), "axis": "gender"}
+    trained = cells_mod.vector_sentences(spec)
+    report = set(stereotype_sentences(path, "gender", split="report"))
+    assert trained == stereotype_sentences(path, "gender", split="select") and not report & set(trained)
+    assert cell.spec["split_key"] == "template"
+    everything = cells_mod.vector_sentences({**spec, "train_items": "all"})
+    assert sorted(everything) == sorted(trained + stereotype_sentences(path, "gender", split="report"))
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -178,12 +178,13 @@ def vector_sentences(spec: dict[str, Any]) -> list[str]:
     """The biased model's training text: StereoSet items of the axis filled with ``spec["fill"]`` (stereotype,
     anti-stereotype or unrelated), only the select half when ``train_items`` is ``select`` (the report half is
     then never trained on)."""
-    from ..eval.splits import split_of
-    from ..eval.stereoset import LABELS, items_for_axis, load_stereoset
+    from ..eval.splits import take_split
+    from ..eval.stereoset import LABELS, items_for_axis, load_stereoset, split_group
 
     items = items_for_axis(load_stereoset(spec["stereoset_file"]), spec["axis"], spec["stereoset_file"])
     if spec["train_items"] == "select":
-        items = [i for i in items if split_of("stereoset", i.id, spec["split_seed"]) == "select"]
+        # the evaluation's halves: keyed by template, so no report item shares its stereotype with a trained one
+        items = take_split(items, "select", benchmark="stereoset", key=split_group, seed=spec["split_seed"])
     column = LABELS.index(spec["fill"])
     return [" ".join(item.sentences[column].split()) for item in items]
 
