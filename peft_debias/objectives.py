@@ -13,7 +13,14 @@
   Causal LMs choose the invariance term (``ObjectiveConfig.invariance``): ``distribution`` (the next-token KL
   above), ``likelihood`` (the squared difference of the two sentences' total log-likelihoods, i.e. counterfactual
   likelihood parity: the quantity CrowS-Pairs and StereoSet compare, which the KL term leaves free at the swapped
-  words themselves) or ``both`` (their sum). Encoders and masked LMs only have ``distribution``.
+  words themselves) or ``both`` (their sum). Masked LMs only have ``distribution``. Bare encoders (sentence
+  encoders) also have ``tokens``: the last hidden state of every token is pulled towards its counterpart in the swap
+  (positions difflib matches one to one; a swapped span, e.g. "he" / "she" or a multi-piece name, by the mean of its
+  pieces), and the regulariser keeps the original's unswapped tokens at the frozen base model's states. The swapped
+  words themselves are free to meet in the middle, while the context anchors the space: the pooled ``distribution``
+  term, by contrast, can be met by contracting all embeddings towards each other. Its forward passes run without
+  dropout, so a no-swap control has nothing to learn (two dropout masks of one sentence would otherwise be pulled
+  together: a training signal of its own).
   Causal LMs also choose the regulariser (``ObjectiveConfig.regulariser``): ``lm`` (the LM loss on both sentences,
   default) or ``base``: the KL divergence from the frozen base model's next-token distributions on the original
   sentence. With ``base`` the model keeps its own language model instead of adapting to the training text, so a
@@ -26,6 +33,7 @@ states are right-aligned to the input (prompt tuning prepends virtual tokens), s
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,7 +46,7 @@ from .errors import DebiasError
 from .models import ModelKind
 
 OBJECTIVES = ("mlm", "clm", "counterfactual")
-INVARIANCES = ("distribution", "likelihood", "both")
+INVARIANCES = ("distribution", "likelihood", "both", "tokens")
 REGULARISERS = ("lm", "base")
 
 
@@ -67,10 +75,15 @@ def check_objective(name: str, kind: ModelKind, invariance: str = "distribution"
         raise DebiasError(
             f"unknown invariance {invariance!r} (known: {', '.join(INVARIANCES)})", "pick a known invariance"
         )
-    if invariance != "distribution" and kind is not ModelKind.CAUSAL_LM:
+    if invariance in ("likelihood", "both") and kind is not ModelKind.CAUSAL_LM:
         raise DebiasError(
-            f"invariance {invariance!r} needs a causal LM ({kind.value} models compare pooled embeddings)",
-            "use --invariance distribution",
+            f"invariance {invariance!r} needs a causal LM ({kind.value} models compare hidden states)",
+            "use --invariance distribution" + (" or tokens" if kind is ModelKind.ENCODER else ""),
+        )
+    if invariance == "tokens" and kind is not ModelKind.ENCODER:
+        raise DebiasError(
+            f"invariance 'tokens' needs a bare encoder (a sentence encoder), not a {kind.value} model",
+            "use --invariance distribution" + (", likelihood or both" if kind is ModelKind.CAUSAL_LM else ""),
         )
     if name not in OBJECTIVES:
         raise DebiasError(f"unknown objective {name!r} (known: {', '.join(OBJECTIVES)})", "pick a known objective")
@@ -92,7 +105,7 @@ class ObjectiveConfig:
     mlm_probability: float = 0.15
     whole_word_mask: bool = False
     beta: float = 1.0  # weight of the counterfactual invariance term
-    invariance: str = "distribution"  # causal LMs: distribution | likelihood | both (see the module docstring)
+    invariance: str = "distribution"  # distribution | likelihood | both (causal) | tokens (encoders); see above
     regulariser: str = "lm"  # causal LMs: lm | base (see the module docstring)
     max_length: int = 128
 
@@ -233,8 +246,6 @@ def _next_token_divergence(logits_a: torch.Tensor, batch_a, logits_b: torch.Tens
 
 def _reference_model(model):
     """A context manager giving outputs of the frozen base: LoRA/IA3 are switched off, prompt learning bypassed."""
-    import contextlib
-
     unwrapped = getattr(model, "module", model)
     if getattr(unwrapped, "active_peft_config", None) is not None and unwrapped.active_peft_config.is_prompt_learning:
         return contextlib.nullcontext(unwrapped.get_base_model())
@@ -256,6 +267,65 @@ def _kl_to_base(model, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> 
     per_position = (log_q.exp() * (log_q - log_p)).sum(-1)
     mask = batch["attention_mask"].to(per_position.dtype)
     return (per_position * mask).sum() / mask.sum().clamp(min=1)
+
+
+def _last_hidden(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    out = model(**_inputs(batch), output_hidden_states=True)
+    return out.hidden_states[-1][:, -batch["input_ids"].shape[1] :]
+
+
+def token_alignment(
+    a: torch.Tensor, la: int, b: torch.Tensor, lb: int
+) -> tuple[list[tuple[int, int]], list[tuple[range, range]]]:
+    """How two token sequences (lengths ``la``, ``lb``) correspond: position pairs in the blocks difflib matches,
+    and the spans it replaces (the swapped words, e.g. "he" -> "she", or "Jo hn" -> "Mary"). Spans inserted on one
+    side only have no counterpart and are left out."""
+    matcher = difflib.SequenceMatcher(None, a[:la].tolist(), b[:lb].tolist(), autojunk=False)
+    same: list[tuple[int, int]] = []
+    swapped: list[tuple[range, range]] = []
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            same += [(i1 + k, j1 + k) for k in range(i2 - i1)]
+        elif tag == "replace":
+            swapped.append((range(i1, i2), range(j1, j2)))
+    return same, swapped
+
+
+@contextlib.contextmanager
+def _without_dropout(model):
+    """Run forward passes in eval mode (no dropout); gradients still flow. The training mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _token_invariance(model, orig, cf) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``tokens`` invariance of a bare encoder and its regulariser (see the module docstring), each a mean over
+    the batch's rows of ``1 - cos`` between hidden states."""
+    with _without_dropout(model):
+        h_o = _last_hidden(model, orig).float()
+        h_c = h_o if _same_inputs(orig, cf) else _last_hidden(model, cf).float()
+        with torch.no_grad(), _reference_model(model) as ref:
+            base = _last_hidden(ref, orig).float()
+    len_o, len_c = orig["attention_mask"].sum(1), cf["attention_mask"].sum(1)
+    invariance, regulariser = [], []
+    for row in range(h_o.shape[0]):
+        same, swapped = token_alignment(
+            orig["input_ids"][row], int(len_o[row]), cf["input_ids"][row], int(len_c[row])
+        )
+        i = [p for p, _ in same]
+        j = [q for _, q in same]
+        term = (1 - F.cosine_similarity(h_o[row, i], h_c[row, j], dim=-1)).mean()
+        if swapped:
+            span_o = torch.stack([h_o[row, list(s)].mean(0) for s, _ in swapped])
+            span_c = torch.stack([h_c[row, list(t)].mean(0) for _, t in swapped])
+            term = term + (1 - F.cosine_similarity(span_o, span_c, dim=-1)).mean()
+        invariance.append(term)
+        regulariser.append((1 - F.cosine_similarity(h_o[row, i], base[row, i], dim=-1)).mean())
+    return torch.stack(invariance).mean(), torch.stack(regulariser).mean()
 
 
 def _same_inputs(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -296,6 +366,8 @@ def compute_loss(
             invariance = invariance + _next_token_divergence(logits_o, orig, logits_c, cf)
         if cfg.invariance in ("likelihood", "both"):
             invariance = invariance + ((seq_o - seq_c) ** 2).mean()
+    elif cfg.invariance == "tokens":
+        invariance, lm = _token_invariance(model, orig, cf)
     else:
         emb_o, emb_c = _pooled(model, orig), _pooled(model, cf)
         invariance = (1 - F.cosine_similarity(emb_o.float(), emb_c.float(), dim=-1)).mean()

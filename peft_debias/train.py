@@ -89,7 +89,7 @@ class TrainConfig:
     beta: float = field(default=1.0, metadata={"help": "weight of the counterfactual invariance term"})
     invariance: str = field(
         default="distribution",
-        metadata={"help": "counterfactual term for causal LMs: distribution | likelihood | both"},
+        metadata={"help": "counterfactual term: distribution | likelihood | both (causal LMs) | tokens (encoders)"},
     )
     regulariser: str = field(
         default="lm",

@@ -16,6 +16,7 @@ from peft_debias.objectives import (
     compute_loss,
     default_objective,
     mask_tokens,
+    token_alignment,
 )
 from peft_debias.trainer_loop import RowStream, _rows
 
@@ -194,10 +195,14 @@ def test_likelihood_invariance_closes_the_gap_when_trained(tiny_models) -> None:
 
 def test_invariance_choices_are_checked() -> None:
     check_objective("counterfactual", ModelKind.CAUSAL_LM, "likelihood")
-    with pytest.raises(DebiasError, match=r"unknown invariance 'x' \(known: distribution, likelihood, both\)"):
+    with pytest.raises(DebiasError, match=r"unknown invariance 'x' \(known: distribution, likelihood, both, tokens\)"):
         check_objective("counterfactual", ModelKind.CAUSAL_LM, "x")
     with pytest.raises(DebiasError, match="invariance 'likelihood' needs a causal LM"):
         check_objective("counterfactual", ModelKind.ENCODER, "likelihood")
+    check_objective("counterfactual", ModelKind.ENCODER, "tokens")
+    for kind in (ModelKind.CAUSAL_LM, ModelKind.MASKED_LM):
+        with pytest.raises(DebiasError, match="invariance 'tokens' needs a bare encoder"):
+            check_objective("counterfactual", kind, "tokens")
 
 
 def test_control_pairs_take_one_forward_pass_and_match_the_lm_objective(tiny_models, monkeypatch) -> None:
@@ -259,3 +264,108 @@ def test_regulariser_and_invariance_choices_are_checked() -> None:
         check_objective("counterfactual", ModelKind.ENCODER, "distribution", "base")
     with pytest.raises(DebiasError, match="apply to the counterfactual objective only"):
         check_objective("clm", ModelKind.CAUSAL_LM, "likelihood")
+
+
+# ------------------------------------------------------------------ token-level invariance (sentence encoders)
+
+
+def test_token_alignment_pairs_context_positions_and_swapped_spans() -> None:
+    # [CLS] he went home [SEP] / [CLS] she went home [SEP]
+    same, swapped = token_alignment(torch.tensor([1, 11, 20, 30, 2, 0]), 5, torch.tensor([1, 12, 20, 30, 2]), 5)
+    assert same == [(0, 0), (2, 2), (3, 3), (4, 4)] and swapped == [(range(1, 2), range(1, 2))]
+    # a name of one piece against one of two pieces shifts the context after it
+    same, swapped = token_alignment(torch.tensor([1, 5, 40, 2]), 4, torch.tensor([1, 6, 7, 40, 2]), 5)
+    assert same == [(0, 0), (2, 3), (3, 4)] and swapped == [(range(1, 2), range(1, 3))]
+
+
+def _encoder_lora(tiny_models, seed: int = 0):
+    from peft import get_peft_model
+
+    encoder = load_model(str(tiny_models["bert_encoder"]))
+    assert encoder.kind is ModelKind.ENCODER
+    torch.manual_seed(seed)
+    options = MethodOptions(r=4)
+    model = get_peft_model(encoder.model, build_peft_config("lora", ModelKind.ENCODER, "bert", options))
+    model.train()
+    return encoder, model
+
+
+def _encoder_pairs(encoder, rows):
+    return collate(rows, "counterfactual", encoder.tokenizer, ModelKind.ENCODER, ObjectiveConfig(),
+                   torch.Generator().manual_seed(0))  # fmt: skip
+
+
+def test_token_invariance_by_hand(tiny_models) -> None:
+    encoder, model = _encoder_lora(tiny_models)
+    with torch.no_grad():  # move the adapter away from the base so the regulariser is not 0
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    batch = _encoder_pairs(encoder, [{"text": "he is a doctor", "counterfactual": "she is a doctor"}])
+    orig, cf = batch["orig"]["input_ids"][0], batch["cf"]["input_ids"][0]
+    assert len(orig) == len(cf) and int((orig != cf).sum()) == 1  # one token swapped: he -> she
+    swap = int((orig != cf).nonzero())
+    cfg = ObjectiveConfig(invariance="tokens", beta=2.0)
+    loss, parts = compute_loss(model, batch, "counterfactual", ModelKind.ENCODER, cfg)
+    assert model.training  # the dropout-free passes restore training mode
+
+    def dist(x, y):
+        return 1 - torch.nn.functional.cosine_similarity(x, y, dim=-1)
+
+    model.eval()
+    with torch.no_grad():
+        h_o = model(input_ids=orig[None]).last_hidden_state[0]
+        h_c = model(input_ids=cf[None]).last_hidden_state[0]
+        with model.disable_adapter():
+            base = model(input_ids=orig[None]).last_hidden_state[0]
+    context = [k for k in range(len(orig)) if k != swap]
+    invariance = float(dist(h_o[context], h_c[context]).mean() + dist(h_o[swap], h_c[swap]))
+    regulariser = float(dist(h_o[context], base[context]).mean())
+    assert regulariser > 1e-3 and invariance > 1e-3
+    assert parts["invariance"] == pytest.approx(invariance, rel=1e-4)
+    assert parts["lm"] == pytest.approx(regulariser, rel=1e-4)
+    assert float(loss.detach()) == pytest.approx(regulariser + 2.0 * invariance, rel=1e-4)
+
+
+def test_token_invariance_control_has_nothing_to_learn(tiny_models) -> None:
+    """A no-swap pair on a fresh adapter: zero loss and zero gradient although the encoder has dropout."""
+    encoder, model = _encoder_lora(tiny_models)
+    assert encoder.model.config.hidden_dropout_prob > 0
+    control = _encoder_pairs(encoder, [{"text": t, "counterfactual": t} for t in ("he is a doctor", "my aunt sings")])
+    cfg = ObjectiveConfig(invariance="tokens")
+    loss, parts = compute_loss(model, control, "counterfactual", ModelKind.ENCODER, cfg)
+    loss.backward()
+    assert float(loss) == pytest.approx(0.0, abs=1e-6) and parts["invariance"] == pytest.approx(0.0, abs=1e-6)
+    grads = [p.grad.abs().max() for p in model.parameters() if p.grad is not None]
+    assert grads and max(grads) < 1e-5
+
+
+def _swap_gap(model, batch) -> float:
+    orig, cf = batch["orig"]["input_ids"], batch["cf"]["input_ids"]
+    model.eval()
+    with torch.no_grad():
+        h_o, h_c = model(input_ids=orig).last_hidden_state, model(input_ids=cf).last_hidden_state
+    model.train()
+    swapped = orig != cf
+    return float((1 - torch.nn.functional.cosine_similarity(h_o[swapped], h_c[swapped], dim=-1)).mean())
+
+
+@pytest.mark.parametrize(("beta", "closes"), [(1.0, True), (0.0, False)])
+def test_token_invariance_training_brings_the_swapped_words_together(tiny_models, beta: float, closes: bool) -> None:
+    encoder, model = _encoder_lora(tiny_models)
+    batch = _encoder_pairs(encoder, [{"text": "he is a doctor", "counterfactual": "she is a doctor"},
+                                     {"text": "my father sings", "counterfactual": "my mother sings"}])  # fmt: skip
+    assert batch["orig"]["input_ids"].shape == batch["cf"]["input_ids"].shape
+    before = _swap_gap(model, batch)
+    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-2)
+    cfg = ObjectiveConfig(invariance="tokens", beta=beta)
+    for _ in range(40):
+        optimiser.zero_grad()
+        loss, parts = compute_loss(model, batch, "counterfactual", ModelKind.ENCODER, cfg)
+        loss.backward()
+        optimiser.step()
+    after = _swap_gap(model, batch)
+    if closes:
+        assert after < 0.3 * before and parts["lm"] < 0.05  # the context stays at the base model's states
+    else:
+        assert after == pytest.approx(before, rel=1e-3)
