@@ -11,6 +11,7 @@ from peft_debias.experiment.splits import (
     REPORT,
     SELECT,
     crows_score,
+    fill_item_groups,
     point_decisions,
     point_metrics,
     split_ids,
@@ -125,6 +126,23 @@ def test_stereoset_items_sharing_a_template_share_a_half(data_dir) -> None:
         by_sentence.setdefault(item.sentences[0], set()).add(side[item.id])
     repeated = [s for s in by_sentence if sum(i.sentences[0] == s for i in items) > 1]
     assert repeated and all(len(by_sentence[s]) == 1 for s in repeated)
+
+
+def test_results_without_template_groups_borrow_them_from_the_other_cells() -> None:
+    """A cell written before StereoSet items carried their template group is split like the rest of the experiment."""
+    items = {f"s{i}": {"target": f"t{i % 3}", "pro": int(i % 4 == 0), "related": 2} for i in range(60)}
+    grouped = {i: {**row, "group": f"g{int(i[1:]) // 6}"} for i, row in items.items()}  # 6 items per template
+    new = {"points": [{"point": 10, "eval": results_from_items({}, grouped)}]}
+    old = {"points": [{"point": 10, "eval": results_from_items({}, items)}], "kept": 1}
+    filled = fill_item_groups({"new": new, "old": old})
+    assert "group" not in old["points"][0]["eval"]["stereoset"]["items"]["gender"]["s0"]  # inputs are not modified
+    assert filled["new"] == new and filled["old"]["kept"] == 1
+    by_template = point_metrics(filled["old"]["points"][0]["eval"], ["gender"])["stereoset/gender/ss"]
+    assert by_template == point_metrics(new["points"][0]["eval"], ["gender"])["stereoset/gender/ss"]
+    by_id = point_metrics(old["points"][0]["eval"], ["gender"])["stereoset/gender/ss"]
+    assert by_id["all"] == by_template["all"] and by_id[REPORT] != by_template[REPORT]
+    # without a result that knows the groups, nothing changes
+    assert fill_item_groups({"old": old}) == {"old": old}
 
 
 def test_stereoset_scores_macro_average_by_hand() -> None:

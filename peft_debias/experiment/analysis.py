@@ -27,7 +27,7 @@ from typing import Any
 
 from .config import ExperimentConfig
 from .grid import Cell
-from .splits import SELECT, item_groups, point_decisions, point_metrics, report_ids, value
+from .splits import SELECT, fill_item_groups, item_groups, point_decisions, point_metrics, report_ids, value
 from .stats import bias_distance, combined_p, paired_t_test, pooled_mcnemar, sign_flip_p, summarize
 
 _NAN = float("nan")
@@ -74,6 +74,7 @@ class _Parsed:
 
 def analyse(config: ExperimentConfig, cells: Sequence[Cell], results: Mapping[str, Mapping[str, Any]]) -> dict:
     """The experiment summary (see the module docstring) from the cells' results (``run_id -> result``)."""
+    results = fill_item_groups(results)
     parsed = {
         c.run_id: _Parsed(results[c.run_id], [c.axis] if c.axis else config.axes, config.split_seed)
         for c in cells

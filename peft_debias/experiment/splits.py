@@ -17,6 +17,7 @@ of the data exists (scope ``all``).
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -44,6 +45,40 @@ def item_groups(results: Mapping[str, Any], axis: str) -> dict[str, str]:
     """StereoSet id -> split group of one evaluation's items (empty when the results carry none)."""
     items = (((results.get("stereoset") or {}).get("items") or {}).get(axis)) or {}
     return {str(i): str(row["group"]) for i, row in items.items() if isinstance(row, Mapping) and "group" in row}
+
+
+def fill_item_groups(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """``results`` (run id -> cell result) where StereoSet items without a split group get the group that another
+    result gives the same item id. Results written before items were grouped by template carry none, and would
+    otherwise be split by item id, i.e. into other halves than the rest of the experiment. Ids name the same items in
+    every cell of an experiment (one StereoSet file). The given results are not modified."""
+    known: dict[str, dict[str, str]] = defaultdict(dict)
+    for result in results.values():
+        for point in result.get("points", []):
+            for axis in _stereoset_items(point.get("eval") or {}):
+                known[axis].update(item_groups(point["eval"], axis))
+
+    def fill(axis: str, item: str, row: Mapping[str, Any]) -> Mapping[str, Any]:
+        return row if "group" in row or item not in known[axis] else {**row, "group": known[axis][item]}
+
+    out: dict[str, Mapping[str, Any]] = {}
+    for run_id, result in results.items():
+        points = []
+        for point in result.get("points", []):
+            evaluation = point.get("eval") or {}
+            items = _stereoset_items(evaluation)
+            if any(fill(axis, i, row) is not row for axis, rows in items.items() for i, row in rows.items()):
+                filled = {axis: {i: fill(axis, i, row) for i, row in rows.items()} for axis, rows in items.items()}
+                stereo = {**evaluation["stereoset"], "items": filled}
+                point = {**point, "eval": {**evaluation, "stereoset": stereo}}
+            points.append(point)
+        out[run_id] = {**result, "points": points}
+    return out
+
+
+def _stereoset_items(results: Mapping[str, Any]) -> dict[str, dict[str, Mapping[str, Any]]]:
+    items = ((results.get("stereoset") or {}).get("items")) or {}
+    return {axis: {str(i): row for i, row in rows.items() if isinstance(row, Mapping)} for axis, rows in items.items()}
 
 
 def crows_score(decisions: Mapping[str, int], ids: Iterable[str] | None = None) -> float:
