@@ -66,11 +66,12 @@ def test_known_answer_through_run_seat(tmp_path: Path) -> None:
     result = run_seat(encode, tests, axes=["gender", "race"], n_samples=100, seed=0)
     one = result["tests"]["sent-weat6"]
     assert one["effect_size"] == pytest.approx(0.8 / math.sqrt(2.08 / 3))
+    assert one["association_gap"] == pytest.approx(0.8)  # s: x1 1, x2 -0.2, y1 -1, y2 0.2
     assert one["p_value"] == pytest.approx(2 / 6) and one["exact"] and one["n_permutations"] == 6
     assert one["axis"] == "gender" and one["n"] == {"targ1": 2, "targ2": 2, "attr1": 1, "attr2": 1}
     assert result["axes"] == {
         "gender": {"mean_abs_effect_size": pytest.approx(0.8 / math.sqrt(2.08 / 3)), "n_tests": 2,
-                   "tests": ["sent-weat6", "sent-weat7"]}
+                   "mean_abs_association_gap": pytest.approx(0.8), "tests": ["sent-weat6", "sent-weat7"]}
     }  # fmt: skip
     # every distinct sentence is encoded once, in one call, across both tests
     assert len(calls) == 1 and sorted(calls[0]) == sorted(VECTORS)
@@ -84,6 +85,12 @@ def test_mean_abs_effect_size_per_axis() -> None:
     es = [result["tests"][n]["effect_size"] for n in ("sent-religion1", "sent-religion2")]
     assert es[0] == pytest.approx(-es[1])
     assert result["axes"]["religion"]["mean_abs_effect_size"] == pytest.approx(abs(es[0]))
+    assert result["tests"]["sent-religion2"]["association_gap"] == pytest.approx(-0.8)
+    assert result["axes"]["religion"]["mean_abs_association_gap"] == pytest.approx(0.8)
+    # scaling the spread of the target sentences around one point shrinks the gap, not the effect size
+    near = {k: [v[0] + 9.0, v[1] + 9.0] if k[0] in "xy" else v for k, v in VECTORS.items()}
+    again = run_seat(lambda s: np.array([near[x] for x in s]), tests[:1], axes=["religion"], n_samples=100)
+    assert abs(again["tests"]["sent-religion1"]["association_gap"]) < 0.2
 
 
 def test_duplicates_within_a_set_are_dropped() -> None:

@@ -15,9 +15,9 @@ Results schema (version 1; a JSON object, NaN written as null)::
       "config": {EvalConfig fields}, "versions": {"peft_debias", "torch", "transformers", "peft", "numpy", "python"},
       "created": ISO time, "seconds": {"load", <benchmark>..., "total"},
       "seat": {
-        "tests": {<test file stem>: {"effect_size", "p_value", "axis": axis | null, "exact": bool,
+        "tests": {<test file stem>: {"effect_size", "association_gap", "p_value", "axis": axis | null, "exact": bool,
                                      "n_permutations", "n": {"targ1", "targ2", "attr1", "attr2"}, "categories"}},
-        "axes": {<axis>: {"mean_abs_effect_size", "n_tests", "tests": [str]}},
+        "axes": {<axis>: {"mean_abs_effect_size", "mean_abs_association_gap", "n_tests", "tests": [str]}},
         "n_samples", "n_sentences", "source", "seconds"},
       "crows": {
         "scoring": "masked" | "causal", "mlm_tokens": "shared" | "diff" | null,

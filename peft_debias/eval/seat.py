@@ -6,6 +6,11 @@ encoded once per model (mean-pooled last hidden state, :func:`~peft_debias.eval.
 duplicates dropped within a set (sent-bias keys encodings by sentence) and across tests. The effect size and the
 permutation p-value are :func:`~peft_debias.eval.stats.seat_statistics`; the per-axis figure is the mean
 absolute effect size over the axis's tests (:data:`SEAT_AXIS_TESTS`, the lists bias-bench uses).
+
+Each test also reports its unnormalised ``association_gap``, ``mean s(X) - mean s(Y)`` in cosine units (the effect
+size's numerator), and each axis the mean absolute gap. The effect size divides the gap by the spread of ``s`` over
+``X u Y``, so it is scale-free: a model that brings the male and female sentences close together shrinks the gap
+and the spread alike, and can leave the effect size where it was. The gap says how much association is left.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import DebiasError, one_line
-from .stats import rng_for, seat_statistics
+from .stats import association, rng_for, seat_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -145,9 +150,9 @@ def run_seat(
     """Run SEAT tests with one ``encode(sentences) -> (n, d) array`` call over all distinct sentences.
 
     Returns ``{"tests": {name: {...}}, "axes": {axis: {"mean_abs_effect_size", "n_tests", "tests"}},
-    "n_samples", "n_sentences"}``; each test is ``{"effect_size", "p_value", "axis", "exact",
-    "n_permutations", "n", "categories"}``. The p-value of each test uses its own seeded generator, so it
-    does not depend on which other tests run.
+    "n_samples", "n_sentences"}`` (axes also carry ``mean_abs_association_gap``); each test is ``{"effect_size",
+    "association_gap", "p_value", "axis", "exact", "n_permutations", "n", "categories"}``. The p-value of each
+    test uses its own seeded generator, so it does not depend on which other tests run.
     """
     sentences = list(dict.fromkeys(s for t in tests for k in SETS for s in t.sets()[k]))
     embeddings = np.asarray(encode(sentences), dtype=np.float64)
@@ -158,8 +163,10 @@ def run_seat(
     for test in tqdm(tests, desc="SEAT tests", leave=False, disable=None if progress is None else not progress):
         x, y, a, b = (embeddings[[row[s] for s in test.sets()[k]]] for k in SETS)
         effect, perm = seat_statistics(x, y, a, b, n_samples=n_samples, rng=rng_for(seed, "seat", test.name))
+        gap = float(association(x, a, b).mean() - association(y, a, b).mean())
         results[test.name] = {
             "effect_size": effect,
+            "association_gap": gap,
             "p_value": perm.p_value,
             "axis": axis_of_test(test.name),
             "exact": perm.exact,
@@ -175,5 +182,11 @@ def run_seat(
             logger.info("SEAT: no test of axis %s was run", axis)
             continue
         values = [abs(results[n]["effect_size"]) for n in names]
-        per_axis[axis] = {"mean_abs_effect_size": float(np.mean(values)), "n_tests": len(names), "tests": names}
+        gaps = [abs(results[n]["association_gap"]) for n in names]
+        per_axis[axis] = {
+            "mean_abs_effect_size": float(np.mean(values)),
+            "mean_abs_association_gap": float(np.mean(gaps)),
+            "n_tests": len(names),
+            "tests": names,
+        }
     return {"tests": results, "axes": per_axis, "n_samples": n_samples, "n_sentences": len(sentences)}
