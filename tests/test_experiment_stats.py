@@ -163,7 +163,7 @@ def _results(n: int = 40) -> dict:
     return results_from_items(
         decisions,
         items,
-        seat={"axes": {"gender": {"mean_abs_effect_size": 0.61}}},
+        seat={"axes": {"gender": {"mean_abs_effect_size": 0.61, "mean_abs_association_gap": 0.012}}},
         perplexity={"perplexity": 25.0},
     )
 
@@ -178,6 +178,7 @@ def test_point_metrics_split_figures_from_per_item_data() -> None:
     assert m["crows/gender"][REPORT] == pytest.approx(crows_score(decisions, halves[REPORT]))
     assert set(m["stereoset/gender/ss"]) == {"all", SELECT, REPORT}
     assert m["seat/gender"] == {"all": 0.61} and value(m, "seat/gender", REPORT) == 0.61  # no split: all items
+    assert m["seat/gender/gap"] == {"all": 0.012} and bias_distance("seat/gender/gap", -0.012) == 0.012
     assert value(m, "perplexity", SELECT) == 25.0 and math.isnan(value(m, "crows/race", REPORT))
     assert set(point_decisions(results, ["gender"])) == {"crows/gender", "stereoset/gender/ss"}
 

@@ -38,7 +38,7 @@ def metric_keys(benchmarks: Sequence[str], axis: str, paraphrase: bool) -> list[
     """The figures of a configuration on ``axis``, bias metrics first."""
     keys = [f"crows/{axis}"] if "crows" in benchmarks else []
     keys += [f"stereoset/{axis}/{k}" for k in ("ss", "lms", "icat")] if "stereoset" in benchmarks else []
-    keys += [f"seat/{axis}"] if "seat" in benchmarks else []
+    keys += [f"seat/{axis}", f"seat/{axis}/gap"] if "seat" in benchmarks else []
     keys += ["perplexity"] if "perplexity" in benchmarks else []
     keys += [f"paraphrase/{k}" for k in ("cosine", "unrelated", "gap", "accuracy")] if paraphrase else []
     return keys

@@ -109,8 +109,9 @@ def _num(value: Any) -> float:
 def point_metrics(results: Mapping[str, Any], axes: Iterable[str], seed: int = 0) -> dict[str, Any]:
     """Flat figures of one evaluation: ``{metric: {"all": x[, "selection": y, "report": z]}}``.
 
-    Metrics: ``crows/<axis>``, ``stereoset/<axis>/{ss,lms,icat}`` (all three scopes), ``seat/<axis>``,
-    ``perplexity``, ``paraphrase/{cosine,unrelated,gap,accuracy}`` (scope ``all`` only).
+    Metrics: ``crows/<axis>``, ``stereoset/<axis>/{ss,lms,icat}`` (all three scopes), ``seat/<axis>`` (mean
+    |effect size|), ``seat/<axis>/gap`` (mean |association gap|), ``perplexity``,
+    ``paraphrase/{cosine,unrelated,gap,accuracy}`` (scope ``all`` only).
     """
     out: dict[str, dict[str, float]] = {}
     crows = results.get("crows") or {}
@@ -135,6 +136,7 @@ def point_metrics(results: Mapping[str, Any], axes: Iterable[str], seed: int = 0
         seat = ((results.get("seat") or {}).get("axes") or {}).get(axis)
         if seat is not None:
             out[f"seat/{axis}"] = {"all": _num(seat.get("mean_abs_effect_size"))}
+            out[f"seat/{axis}/gap"] = {"all": _num(seat.get("mean_abs_association_gap"))}
     ppl = results.get("perplexity")
     if isinstance(ppl, Mapping):
         out["perplexity"] = {"all": _num(ppl.get("perplexity"))}

@@ -219,7 +219,8 @@ def combined_p(p_seed: float | None, p_item: float | None) -> float:
 
 def bias_distance(metric: str, value: float | None) -> float:
     """Distance of a figure to its ideal: ``|x - 50|`` for stereotype scores (CrowS, StereoSet SS), the value
-    itself for SEAT mean |effect size|; NaN for anything else (quality figures have no ideal)."""
+    itself for SEAT mean |effect size| and mean |association gap|; NaN for anything else (quality figures have no
+    ideal)."""
     if value is None or not math.isfinite(value):
         return _NAN
     if metric.startswith("crows/") or metric.endswith("/ss"):
