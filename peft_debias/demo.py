@@ -5,7 +5,7 @@ Stages (each prints a one-line summary with the elapsed time; long ones show tqd
 1. baseline: CrowS-Pairs and StereoSet for the axis and perplexity on WikiText-2 test (another source than the
    training text) on the causal LM; SEAT on the sentence encoder;
 2. PEFTDebias: a CDA LoRA and a CDA prefix adapter trained on Project Gutenberg novels (causal LM objective), each
-   evaluated; a counterfactual-objective LoRA on the sentence encoder, evaluated with SEAT;
+   evaluated; a counterfactual-objective LoRA (token-level invariance) on the sentence encoder, evaluated with SEAT;
 3. the LoRA merged into a plain model folder, checked against the adapter;
 4. Bias Vector: a biased copy trained on the StereoSet stereotypes of the *select* half of the items (a LoRA by
    default, for speed on a CPU: ``V = B A``; ``biased_method="full"`` fine-tunes every weight as in the paper,
@@ -50,7 +50,7 @@ class DemoConfig:
     seed: int = 0
     lora_steps: int | None = field(default=None, metadata={"help": "LoRA steps (default 150, quick 20)"})
     prefix_steps: int | None = field(default=None, metadata={"help": "prefix steps (default 60; 0 skips, quick)"})
-    encoder_steps: int | None = field(default=None, metadata={"help": "encoder LoRA steps (default 100, quick 20)"})
+    encoder_steps: int | None = field(default=None, metadata={"help": "encoder LoRA steps (default 200, quick 20)"})
     biased_steps: int | None = field(default=None, metadata={"help": "biased training steps (default 60, quick 10)"})
     biased_method: str = field(default="lora", metadata={"help": "biased copy: lora (fast) | full (the paper's)"})
     benchmarks: str | None = field(
@@ -72,7 +72,7 @@ class DemoConfig:
         defaults = {
             "lora_steps": 20 if quick else 150,
             "prefix_steps": 0 if quick else 60,
-            "encoder_steps": 20 if quick else 100,
+            "encoder_steps": 20 if quick else 200,
             "biased_steps": 10 if quick else 60,
             "benchmarks": "crows,perplexity" if quick else "crows,stereoset,perplexity",
             "lambdas": [1.0] if quick else [0.5, 1.0],
@@ -323,7 +323,9 @@ def _vector_stages(
 
 
 def _encoder_stages(cfg: DemoConfig, data_dir: Path, novels: list[str], out: Path, clock: _Clock) -> dict:
-    """SEAT on the sentence encoder before and after a counterfactual-objective LoRA."""
+    """SEAT on the sentence encoder before and after a counterfactual-objective LoRA with the token-level invariance
+    (beta 3; for gender also first-name swaps: the settings of ``recipes/experiments/minilm-gender-seat-tokens.yaml``,
+    chosen on held-out SEAT tests)."""
     from .eval import evaluate_bias
     from .models import load_model
 
@@ -340,7 +342,8 @@ def _encoder_stages(cfg: DemoConfig, data_dir: Path, novels: list[str], out: Pat
     folder = out / "adapters" / f"{cfg.axis}-encoder-counterfactual"
     trained = _train(
         cfg, cfg.encoder_model, novels, folder, int(cfg.encoder_steps or 1),
-        method="lora", objective="counterfactual", lr=1e-3, alpha=16, batch_size=16,
+        method="lora", objective="counterfactual", lr=1e-3, alpha=16, batch_size=16, invariance="tokens", beta=3.0,
+        names=100 if cfg.axis == "gender" else 0,
     )  # fmt: skip
     after = evaluate_bias(trained.model, loaded.tokenizer, label="encoder + counterfactual LoRA", **options)
     seat = {

@@ -122,6 +122,7 @@ def _tokenize(tokenizer, texts: Sequence[str], kind: ModelKind, max_length: int)
     enc = tokenizer(
         list(texts),
         padding=True,
+        padding_side="right",  # the losses index real tokens as the first attention_mask.sum() positions
         truncation=True,
         max_length=max_length,
         return_tensors="pt",
@@ -293,7 +294,8 @@ def token_alignment(
 
 @contextlib.contextmanager
 def _without_dropout(model):
-    """Run forward passes in eval mode (no dropout); gradients still flow. The training mode is restored."""
+    """Run forward passes in eval mode: no dropout, the model's or the adapter's (``lora_dropout``); gradients still
+    flow. The training mode is restored, also on errors."""
     was_training = model.training
     model.eval()
     try:
@@ -311,20 +313,28 @@ def _token_invariance(model, orig, cf) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad(), _reference_model(model) as ref:
             base = _last_hidden(ref, orig).float()
     len_o, len_c = orig["attention_mask"].sum(1), cf["attention_mask"].sum(1)
+    zero = h_o.sum() * 0.0
     invariance, regulariser = [], []
     for row in range(h_o.shape[0]):
         same, swapped = token_alignment(
             orig["input_ids"][row], int(len_o[row]), cf["input_ids"][row], int(len_c[row])
         )
+        if not same and not swapped:
+            continue  # nothing corresponds (possible without special tokens): no term for this row
         i = [p for p, _ in same]
         j = [q for _, q in same]
-        term = (1 - F.cosine_similarity(h_o[row, i], h_c[row, j], dim=-1)).mean()
+        term, anchor = zero, zero
+        if same:
+            term = (1 - F.cosine_similarity(h_o[row, i], h_c[row, j], dim=-1)).mean()
+            anchor = (1 - F.cosine_similarity(h_o[row, i], base[row, i], dim=-1)).mean()
         if swapped:
             span_o = torch.stack([h_o[row, list(s)].mean(0) for s, _ in swapped])
             span_c = torch.stack([h_c[row, list(t)].mean(0) for _, t in swapped])
             term = term + (1 - F.cosine_similarity(span_o, span_c, dim=-1)).mean()
         invariance.append(term)
-        regulariser.append((1 - F.cosine_similarity(h_o[row, i], base[row, i], dim=-1)).mean())
+        regulariser.append(anchor)
+    if not invariance:
+        return zero, zero
     return torch.stack(invariance).mean(), torch.stack(regulariser).mean()
 
 

@@ -87,10 +87,12 @@ def test_mean_abs_effect_size_per_axis() -> None:
     assert result["axes"]["religion"]["mean_abs_effect_size"] == pytest.approx(abs(es[0]))
     assert result["tests"]["sent-religion2"]["association_gap"] == pytest.approx(-0.8)
     assert result["axes"]["religion"]["mean_abs_association_gap"] == pytest.approx(0.8)
-    # scaling the spread of the target sentences around one point shrinks the gap, not the effect size
-    near = {k: [v[0] + 9.0, v[1] + 9.0] if k[0] in "xy" else v for k, v in VECTORS.items()}
-    again = run_seat(lambda s: np.array([near[x] for x in s]), tests[:1], axes=["religion"], n_samples=100)
-    assert abs(again["tests"]["sent-religion1"]["association_gap"]) < 0.2
+    # lifting every target out of the attributes' plane by the same angle scales each s(w) by 1 / sqrt(1 + 3^2):
+    # the gap shrinks by that factor, the effect size (scale-free) does not move
+    lifted = {k: [*(np.array(v) / np.linalg.norm(v)), 3.0 if k[0] in "xy" else 0.0] for k, v in VECTORS.items()}
+    again = run_seat(lambda s: np.array([lifted[x] for x in s]), tests[:1], axes=["religion"], n_samples=100)
+    assert again["tests"]["sent-religion1"]["association_gap"] == pytest.approx(0.8 / math.sqrt(10))
+    assert again["tests"]["sent-religion1"]["effect_size"] == pytest.approx(es[0])
 
 
 def test_duplicates_within_a_set_are_dropped() -> None:

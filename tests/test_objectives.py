@@ -340,32 +340,52 @@ def test_token_invariance_control_has_nothing_to_learn(tiny_models) -> None:
     assert grads and max(grads) < 1e-5
 
 
-def _swap_gap(model, batch) -> float:
+def _swap_gap(model, batch, base: bool = False) -> float:
+    import contextlib
+
     orig, cf = batch["orig"]["input_ids"], batch["cf"]["input_ids"]
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), model.disable_adapter() if base else contextlib.nullcontext():
         h_o, h_c = model(input_ids=orig).last_hidden_state, model(input_ids=cf).last_hidden_state
     model.train()
     swapped = orig != cf
     return float((1 - torch.nn.functional.cosine_similarity(h_o[swapped], h_c[swapped], dim=-1)).mean())
 
 
-@pytest.mark.parametrize(("beta", "closes"), [(1.0, True), (0.0, False)])
-def test_token_invariance_training_brings_the_swapped_words_together(tiny_models, beta: float, closes: bool) -> None:
+@pytest.mark.parametrize("beta", [1.0, 0.0])
+def test_token_invariance_training_brings_the_swapped_words_together(tiny_models, beta: float) -> None:
+    """From a moved adapter: the regulariser brings the context back to the base model's states; with the
+    invariance the swapped words also meet, without it they stay apart."""
     encoder, model = _encoder_lora(tiny_models)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 1.0)
     batch = _encoder_pairs(encoder, [{"text": "he is a doctor", "counterfactual": "she is a doctor"},
                                      {"text": "my father sings", "counterfactual": "my mother sings"}])  # fmt: skip
     assert batch["orig"]["input_ids"].shape == batch["cf"]["input_ids"].shape
-    before = _swap_gap(model, batch)
+    base_gap = _swap_gap(model, batch, base=True)
     optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-2)
     cfg = ObjectiveConfig(invariance="tokens", beta=beta)
+    start = compute_loss(model, batch, "counterfactual", ModelKind.ENCODER, cfg)[1]["lm"]
     for _ in range(40):
         optimiser.zero_grad()
         loss, parts = compute_loss(model, batch, "counterfactual", ModelKind.ENCODER, cfg)
         loss.backward()
         optimiser.step()
     after = _swap_gap(model, batch)
-    if closes:
-        assert after < 0.3 * before and parts["lm"] < 0.05  # the context stays at the base model's states
+    assert start > 0.01
+    if beta:
+        assert after < 0.3 * base_gap and parts["lm"] < 0.05  # the words meet, the context stays near the base
     else:
-        assert after == pytest.approx(before, rel=1e-3)
+        assert after > 0.6 * base_gap and parts["lm"] < 0.2 * start  # back to the base model, words apart
+
+
+def test_token_invariance_without_matching_tokens_is_finite(tiny_models) -> None:
+    """A pair whose only tokens are swapped (no special tokens to match) still gives a finite loss."""
+    encoder, model = _encoder_lora(tiny_models)
+    ids = encoder.tokenizer.convert_tokens_to_ids(["he", "she"])
+    pair = {side: {"input_ids": torch.tensor([[t]]), "attention_mask": torch.tensor([[1]])}
+            for side, t in zip(("orig", "cf"), ids, strict=True)}  # fmt: skip
+    loss, parts = compute_loss(model, pair, "counterfactual", ModelKind.ENCODER, ObjectiveConfig(invariance="tokens"))
+    assert torch.isfinite(loss) and parts["lm"] == 0.0 and parts["invariance"] > 0

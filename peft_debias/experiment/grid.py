@@ -220,11 +220,11 @@ def _vector_cells(config: ExperimentConfig, ex: _Expander) -> list[Cell]:
                 "model": ex.models[model], "axis": axis, "role": role, "seed": seed, "fill": fill,
                 "stereoset_file": stereoset, "train_items": vec.train_items,
                 "split_seed": config.split_seed if vec.train_items == "select" else None,
-                # halves keyed by StereoSet template (earlier cells keyed them by item id: a new id recomputes them)
-                "split_key": "template" if vec.train_items == "select" else None,
                 "biased": {k: v for k, v in asdict(biased).items() if k not in _VOLATILE_BIASED},
                 "lambdas": list(vec.lambdas), "eval": ex.eval_spec([axis]), "paraphrase": config.paraphrase,
             }  # fmt: skip
+            if vec.train_items == "select":  # halves keyed by template (earlier cells: by item id; new ids recompute)
+                spec["split_key"] = "template"
             slug = f"vector-{_slug(ex.models[model])}-{axis}-{biased.method}-{fill}-s{seed}"
             cells.append(_cell("vector", slug, ex.models[model], axis, label, role, seed, spec))
     return cells
