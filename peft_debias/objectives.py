@@ -210,23 +210,38 @@ def _clm_logits_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
     return logits, nll.sum() / counted, -nll.sum(1)
 
 
-def _pooled(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def _last_hidden(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     out = model(**_inputs(batch), output_hidden_states=True)
-    hidden = out.hidden_states[-1][:, -batch["input_ids"].shape[1] :]
+    return out.hidden_states[-1][:, -batch["input_ids"].shape[1] :]
+
+
+def _pooled(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    hidden = _last_hidden(model, batch)
     weights = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
 
 
+def token_alignment(
+    a: torch.Tensor, la: int, b: torch.Tensor, lb: int
+) -> tuple[list[tuple[int, int]], list[tuple[range, range]]]:
+    """How two token sequences (lengths ``la``, ``lb``) correspond: position pairs in the blocks difflib matches,
+    and the spans it replaces (the swapped words, e.g. "he" -> "she", or "Jo hn" -> "Mary"). Spans inserted on one
+    side only have no counterpart and are left out."""
+    matcher = difflib.SequenceMatcher(None, a[:la].tolist(), b[:lb].tolist(), autojunk=False)
+    same: list[tuple[int, int]] = []
+    swapped: list[tuple[range, range]] = []
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            same += [(i1 + k, j1 + k) for k in range(i2 - i1)]
+        elif tag == "replace":
+            swapped.append((range(i1, i2), range(j1, j2)))
+    return same, swapped
+
+
 def _aligned_positions(a: torch.Tensor, la: int, b: torch.Tensor, lb: int) -> tuple[list[int], list[int]]:
     """Positions (i in a, j in b) whose NEXT tokens lie in a block that difflib matches between a and b."""
-    matcher = difflib.SequenceMatcher(None, a[:la].tolist(), b[:lb].tolist(), autojunk=False)
-    left, right = [], []
-    for block in matcher.get_matching_blocks():
-        for k in range(block.size):
-            if block.a + k >= 1 and block.b + k >= 1:
-                left.append(block.a + k - 1)
-                right.append(block.b + k - 1)
-    return left, right
+    pairs = [(i - 1, j - 1) for i, j in token_alignment(a, la, b, lb)[0] if i >= 1 and j >= 1]
+    return [i for i, _ in pairs], [j for _, j in pairs]
 
 
 def _next_token_divergence(logits_a: torch.Tensor, batch_a, logits_b: torch.Tensor, batch_b) -> torch.Tensor:
@@ -268,28 +283,6 @@ def _kl_to_base(model, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> 
     per_position = (log_q.exp() * (log_q - log_p)).sum(-1)
     mask = batch["attention_mask"].to(per_position.dtype)
     return (per_position * mask).sum() / mask.sum().clamp(min=1)
-
-
-def _last_hidden(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    out = model(**_inputs(batch), output_hidden_states=True)
-    return out.hidden_states[-1][:, -batch["input_ids"].shape[1] :]
-
-
-def token_alignment(
-    a: torch.Tensor, la: int, b: torch.Tensor, lb: int
-) -> tuple[list[tuple[int, int]], list[tuple[range, range]]]:
-    """How two token sequences (lengths ``la``, ``lb``) correspond: position pairs in the blocks difflib matches,
-    and the spans it replaces (the swapped words, e.g. "he" -> "she", or "Jo hn" -> "Mary"). Spans inserted on one
-    side only have no counterpart and are left out."""
-    matcher = difflib.SequenceMatcher(None, a[:la].tolist(), b[:lb].tolist(), autojunk=False)
-    same: list[tuple[int, int]] = []
-    swapped: list[tuple[range, range]] = []
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-        if tag == "equal":
-            same += [(i1 + k, j1 + k) for k in range(i2 - i1)]
-        elif tag == "replace":
-            swapped.append((range(i1, i2), range(j1, j2)))
-    return same, swapped
 
 
 @contextlib.contextmanager

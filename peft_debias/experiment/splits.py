@@ -67,8 +67,8 @@ def fill_item_groups(results: Mapping[str, Mapping[str, Any]]) -> dict[str, Mapp
         for point in result.get("points", []):
             evaluation = point.get("eval") or {}
             items = _stereoset_items(evaluation)
-            if any(fill(axis, i, row) is not row for axis, rows in items.items() for i, row in rows.items()):
-                filled = {axis: {i: fill(axis, i, row) for i, row in rows.items()} for axis, rows in items.items()}
+            filled = {axis: {i: fill(axis, i, row) for i, row in rows.items()} for axis, rows in items.items()}
+            if filled != items:
                 stereo = {**evaluation["stereoset"], "items": filled}
                 point = {**point, "eval": {**evaluation, "stereoset": stereo}}
             points.append(point)
