@@ -340,16 +340,17 @@ def _encoder_stages(cfg: DemoConfig, data_dir: Path, novels: list[str], out: Pat
     loaded = load_model(cfg.encoder_model, "encoder")
     base = evaluate_bias(loaded.model, loaded.tokenizer, label="encoder base", **options)
     folder = out / "adapters" / f"{cfg.axis}-encoder-counterfactual"
+    objective = {"invariance": "tokens", "beta": 3.0, "names": 100 if cfg.axis == "gender" else 0}
     trained = _train(
         cfg, cfg.encoder_model, novels, folder, int(cfg.encoder_steps or 1),
-        method="lora", objective="counterfactual", lr=1e-3, alpha=16, batch_size=16, invariance="tokens", beta=3.0,
-        names=100 if cfg.axis == "gender" else 0,
+        method="lora", objective="counterfactual", lr=1e-3, alpha=16, batch_size=16, **objective,
     )  # fmt: skip
     after = evaluate_bias(trained.model, loaded.tokenizer, label="encoder + counterfactual LoRA", **options)
     seat = {
         "model": cfg.encoder_model,
         "adapter": str(folder.relative_to(out)),
         "steps": cfg.encoder_steps,
+        **objective,
         "base": _save(base, out, "encoder_base"),
         "adapter_results": _save(after, out, "encoder_counterfactual"),
     }

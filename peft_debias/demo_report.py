@@ -73,30 +73,53 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines + ["| " + " | ".join(map(_cell, row)) + " |" for row in rows]
 
 
+def _objective_text(encoder: Mapping[str, Any], axis: str) -> str:
+    """How the encoder adapter was trained, in words (summaries written before the settings were recorded lack them)."""
+    if encoder.get("invariance") != "tokens":
+        return f"pooled embeddings of each sentence and its {axis} swap pulled together"
+    names = f", {encoder['names']} first-name pairs swapped too" if encoder.get("names") else ""
+    return (
+        f"token-level invariance: each token's last hidden state pulled towards its counterpart in the {axis} swap, "
+        f"the original's other tokens anchored to the base; beta {encoder.get('beta', 1.0):g}{names}"
+    )
+
+
+def _seat_cell(test: Mapping[str, Any]) -> list[str]:
+    """Effect size (p) and association gap of one SEAT test; blanks for a test the other run lacks."""
+    nan = float("nan")
+    return [
+        f"{test.get('effect_size', nan):.3f} (p={test.get('p_value', nan):.3f})",
+        f"{test.get('association_gap', nan):+.4f}",
+    ]
+
+
 def _seat_lines(encoder: Mapping[str, Any], out: Path, axis: str) -> list[str]:
     if not encoder:
         return []
     before, after = _load(out, encoder["base"]), _load(out, encoder["adapter_results"])
     rows = []
     for name, test in before["seat"]["tests"].items():
-        other = after["seat"]["tests"].get(name, {})
-        rows.append(
-            [
-                name,
-                f"{test['effect_size']:.3f} (p={test['p_value']:.3f})",
-                f"{other.get('effect_size', float('nan')):.3f} (p={other.get('p_value', float('nan')):.3f})",
-            ]
-        )
-    mean_before = before["seat"]["axes"][axis]["mean_abs_effect_size"]
-    mean_after = after["seat"]["axes"][axis]["mean_abs_effect_size"]
-    rows.append([f"**mean |effect size| ({axis})**", f"**{mean_before:.3f}**", f"**{mean_after:.3f}**"])
+        rows.append([name, *_seat_cell(test), *_seat_cell(after["seat"]["tests"].get(name, {}))])
+    axes_before, axes_after = before["seat"]["axes"][axis], after["seat"]["axes"][axis]
+    rows.append(
+        [
+            f"**mean |effect size|, mean |gap| ({axis})**",
+            f"**{axes_before['mean_abs_effect_size']:.3f}**",
+            f"**{axes_before.get('mean_abs_association_gap', float('nan')):.4f}**",
+            f"**{axes_after['mean_abs_effect_size']:.3f}**",
+            f"**{axes_after.get('mean_abs_association_gap', float('nan')):.4f}**",
+        ]
+    )
+    header = ["test", "base: effect size", "base: gap", "with adapter: effect size", "with adapter: gap"]
     return [
         f"## SEAT on the sentence encoder ({encoder['model']})",
         "",
-        f"A LoRA trained {encoder['steps']} steps with the counterfactual objective (pooled embeddings of each "
-        f"sentence and its {axis} swap pulled together; adapter `{encoder['adapter']}`).",
+        f"A LoRA trained {encoder['steps']} steps with the counterfactual objective ({_objective_text(encoder, axis)};"
+        f" adapter `{encoder['adapter']}`). The gap is the association before SEAT divides it by its spread"
+        " (mean s(X) - mean s(Y), cosine units): the effect size is scale-free, so a gap that shrinks a lot can leave"
+        " it high.",
         "",
-        *_table(["test", "base: effect size", "with adapter: effect size"], rows),
+        *_table(header, rows),
         "",
     ]
 

@@ -70,6 +70,12 @@ def test_demo_report_and_results(demo_run) -> None:
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     encoder = json.loads((out / summary["encoder"]["adapter_results"]).read_text())
     assert set(encoder["seat"]["axes"]) == {"gender"}
+    # the report names the objective the encoder adapter really trained, and shows each test's association gap
+    assert summary["encoder"]["invariance"] == "tokens" and summary["encoder"]["names"] == 100
+    assert "token-level invariance" in report and "100 first-name pairs" in report
+    for name, test in encoder["seat"]["tests"].items():
+        row = next(line for line in report.splitlines() if line.startswith(f"| {name} |"))
+        assert row.rstrip(" |").endswith(f"{test['association_gap']:+.4f}")
 
 
 def test_demo_adapters_and_merged_model_load(demo_run, tiny_models: dict[str, Path]) -> None:
