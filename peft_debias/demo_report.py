@@ -74,13 +74,12 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def _objective_text(encoder: Mapping[str, Any], axis: str) -> str:
-    """How the encoder adapter was trained, in words (summaries written before the settings were recorded lack them)."""
-    if encoder.get("invariance") != "tokens":
-        return f"pooled embeddings of each sentence and its {axis} swap pulled together"
-    names = f", {encoder['names']} first-name pairs swapped too" if encoder.get("names") else ""
+    """How the demo's encoder adapter was trained (the token-level invariance), in words, from the settings the run
+    recorded."""
+    names = f", {encoder['names']} first-name pairs swapped too" if encoder["names"] else ""
     return (
         f"token-level invariance: each token's last hidden state pulled towards its counterpart in the {axis} swap, "
-        f"the original's other tokens anchored to the base; beta {encoder.get('beta', 1.0):g}{names}"
+        f"the original's other tokens anchored to the base; beta {encoder['beta']:g}{names}"
     )
 
 
