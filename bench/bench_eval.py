@@ -35,7 +35,7 @@ import reference_eval as ref
 from peft_debias.eval.crows import causal_pair_scores, load_crows_pairs, masked_pair_scores
 from peft_debias.eval.lm_scoring import mean_pooled_embeddings
 from peft_debias.eval.seat import SEAT_AXIS_TESTS, load_seat_test, run_seat
-from peft_debias.models import load_model
+from peft_debias.models.loading import load_model
 
 
 def _timed(fn):

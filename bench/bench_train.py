@@ -26,8 +26,8 @@ def reference_loop(model_name: str, rows: list[str], steps: int, batch_size: int
     from peft import LoraConfig, get_peft_model
     from transformers import get_scheduler
 
-    from peft_debias.methods import LORA_TARGETS
-    from peft_debias.models import load_model
+    from peft_debias.models.loading import load_model
+    from peft_debias.models.methods import LORA_TARGETS
 
     loaded = load_model(model_name)
     model, tok = loaded.model, loaded.tokenizer
@@ -61,7 +61,7 @@ def reference_loop(model_name: str, rows: list[str], steps: int, batch_size: int
 
 
 def ours(model_name: str, corpus: str, steps: int, batch_size: int, max_length: int, lr: float) -> float:
-    from peft_debias.train import train_adapter
+    from peft_debias.train.adapter import train_adapter
 
     with tempfile.TemporaryDirectory() as tmp:
         result = train_adapter(
@@ -100,8 +100,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from peft_debias.corpora import CDAConfig, build_cda_dataset
-    from peft_debias.trainer_loop import RowStream, _rows
+    from peft_debias.cda.corpora import CDAConfig, build_cda_dataset
+    from peft_debias.train.loop import RowStream, _rows
 
     ds, _ = build_cda_dataset(args.corpus, CDAConfig(axis="gender", seed=0))
     pool = [r["text"] for r in _rows(ds, "clm", True)]

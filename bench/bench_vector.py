@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from peft_debias.vector_stream import Checkpoint, ShardWriter
+from peft_debias.vector.stream import Checkpoint, ShardWriter
 
 BERT_BASE = {"hidden": 768, "layers": 12, "intermediate": 3072, "vocab": 30522, "positions": 512, "types": 2}
 

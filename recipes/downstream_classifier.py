@@ -10,7 +10,7 @@ Data: CSV or JSONL files with ``text``, ``label`` and ``group`` columns (names c
 (``LabHC/bias_in_bios``: columns ``hard_text``, ``profession``, ``gender`` 0/1 = male/female).
 
 ``<output>/metrics.json`` (written atomically with ``predictions.jsonl``) holds accuracy, macro F1, TPR-GAP (RMS,
-with per-class gaps) and FPRD over identity terms (DESIGN.md section 4; :mod:`peft_debias.fairness`), plus whether
+with per-class gaps) and FPRD over identity terms (DESIGN.md section 4; :mod:`peft_debias.eval.fairness`), plus whether
 the adapters came out of training bit-identical.
 """
 
@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _read_file(path: Path) -> list[dict[str, Any]]:
-    from peft_debias.errors import DebiasError, one_line
+    from peft_debias.core.errors import DebiasError, one_line
 
     try:
         if path.suffix.lower() == ".csv":
@@ -81,7 +81,7 @@ def _read_file(path: Path) -> list[dict[str, Any]]:
 
 def load_rows(source: str, split: str, args: argparse.Namespace, limit: int | None) -> list[dict[str, Any]]:
     """Rows with ``text``, ``label``, ``group`` from a file or a Hub dataset (one-line errors)."""
-    from peft_debias.errors import DebiasError, one_line
+    from peft_debias.core.errors import DebiasError, one_line
 
     columns = {"text": args.text_column, "label": args.label_column, "group": args.group_column}
     group_names: dict[Any, str] = {}
@@ -138,8 +138,8 @@ def _digest(named: list[tuple[str, Any]]) -> str:
 def _model(args: argparse.Namespace, num_labels: int):
     from transformers import AutoModelForSequenceClassification
 
-    from peft_debias.errors import DebiasError, one_line
-    from peft_debias.models import bundled_model_path, load_tokenizer
+    from peft_debias.core.errors import DebiasError, one_line
+    from peft_debias.models.loading import bundled_model_path, load_tokenizer
 
     path = str(bundled_model_path(args.base)) if args.base.startswith("bundled:") else args.base
     tokenizer = load_tokenizer(args.base)
@@ -162,12 +162,12 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any] | None:
     from torch.utils.data import DataLoader
     from transformers import get_scheduler
 
-    from peft_debias import fairness
-    from peft_debias.artifact import versions, write_json
-    from peft_debias.atomic import atomic_output, check_destination
-    from peft_debias.axes import get_axis
-    from peft_debias.errors import DebiasError
-    from peft_debias.loader import adapter_parameters, load_debias_adapter
+    from peft_debias.cda.axes import get_axis
+    from peft_debias.core.atomic import atomic_output, check_destination
+    from peft_debias.core.errors import DebiasError
+    from peft_debias.core.provenance import versions, write_json
+    from peft_debias.eval import fairness
+    from peft_debias.loader.attach import adapter_parameters, load_debias_adapter
 
     accelerator = Accelerator()
     check_destination(args.output, overwrite=args.overwrite)
@@ -304,7 +304,7 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from peft_debias.errors import DebiasError
+    from peft_debias.core.errors import DebiasError
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -5,7 +5,7 @@ It is ``peft-debias train`` under another name, so every option and the error co
 
 import sys
 
-from peft_debias.cli import main
+from peft_debias.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["train", *sys.argv[1:]]))

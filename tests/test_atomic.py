@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from peft_debias.atomic import atomic_output
-from peft_debias.errors import DebiasError
+from peft_debias.core.atomic import atomic_output
+from peft_debias.core.errors import DebiasError
 
 
 def test_file_appears_only_on_success(tmp_path: Path) -> None:

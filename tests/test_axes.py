@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from peft_debias import axes
-from peft_debias.axes import BiasAxis, get_axis, list_axes, load_axis_file, register_axis
-from peft_debias.cda import counterfactuals
-from peft_debias.errors import DebiasError
+from peft_debias.cda import axes
+from peft_debias.cda.axes import BiasAxis, get_axis, list_axes, load_axis_file, register_axis
+from peft_debias.cda.swapping import counterfactuals
+from peft_debias.core.errors import DebiasError
 
 
 @pytest.fixture

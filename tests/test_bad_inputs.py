@@ -1,7 +1,7 @@
 """The catalogue of bad inputs, across every command: one clean error line, exit code 2, nothing written.
 
 Each row of :data:`CATALOGUE` is ``(id, argv builder, expected part of the message)``. The CLI runs in this
-process (``peft_debias.cli.main``), which is far faster than a subprocess per row; ``tests/test_merge_cli.py``
+process (``peft_debias.cli.main.main``), which is far faster than a subprocess per row; ``tests/test_merge_cli.py``
 and ``tests/test_cli.py`` check the same contract from real processes. Every row asserts exit code 2, exactly one
 stderr line ``peft-debias: error: <problem>; <fix>`` without a traceback, no output at the destination and no
 file left in the test folder (not even a temporary sibling). Rows that overlap the per-command tests
@@ -37,8 +37,8 @@ from test_vector_support import perturb
 from tiny_models import CORPUS
 
 from peft_debias import BiasVector
-from peft_debias.cli import main
-from peft_debias.errors import DebiasError
+from peft_debias.cli.main import main
+from peft_debias.core.errors import DebiasError
 
 CORPUS_TEXT = "\n".join(CORPUS * 2) + "\n"
 

@@ -13,8 +13,8 @@ from test_vector_support import load_all
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
 from peft_debias import BiasVector
-from peft_debias.biased import BiasedConfig, split_sentences, stereotype_sentences, train_biased
-from peft_debias.errors import DebiasError
+from peft_debias.core.errors import DebiasError
+from peft_debias.train.biased import BiasedConfig, split_sentences, stereotype_sentences, train_biased
 
 STEREOSET = "stereoset/stereoset_dev_flat.jsonl"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from peft_debias.axes import get_axis
-from peft_debias.cda import counterfactuals, swap
-from peft_debias.errors import DebiasError
+from peft_debias.cda.axes import get_axis
+from peft_debias.cda.swapping import counterfactuals, swap
+from peft_debias.core.errors import DebiasError
 
 
 @pytest.mark.parametrize(

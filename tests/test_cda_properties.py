@@ -7,8 +7,8 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peft_debias.axes import BiasAxis, get_axis
-from peft_debias.cda import counterfactuals, swap
+from peft_debias.cda.axes import BiasAxis, get_axis
+from peft_debias.cda.swapping import counterfactuals, swap
 
 GENDER = get_axis("gender")
 

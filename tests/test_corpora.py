@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from peft_debias.corpora import (
+from peft_debias.cda.corpora import (
     CDAConfig,
     build_cda_dataset,
     flatten_for_lm,
@@ -15,7 +15,7 @@ from peft_debias.corpora import (
     sniff_text_format,
     split_sentences,
 )
-from peft_debias.errors import DebiasError
+from peft_debias.core.errors import DebiasError
 
 
 def test_split_sentences_respects_abbreviations_and_quotes() -> None:

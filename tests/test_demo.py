@@ -109,7 +109,7 @@ def test_demo_adapters_and_merged_model_load(demo_run, tiny_models: dict[str, Pa
     ],
 )
 def test_demo_bad_options_fail_before_any_work(argv, message, data_dir: Path, tmp_path: Path, capsys) -> None:
-    from peft_debias.cli import main
+    from peft_debias.cli.main import main
 
     out = tmp_path / "demo"
     code = main(["demo", "--data-dir", str(data_dir), "--output", str(out), *argv])
@@ -119,7 +119,7 @@ def test_demo_bad_options_fail_before_any_work(argv, message, data_dir: Path, tm
 
 
 def test_report_rows_flag_a_damaged_language_model(tmp_path: Path) -> None:
-    from peft_debias.demo_report import causal_rows
+    from peft_debias.demo.report import causal_rows
 
     def write(name: str, ppl: float, score: float) -> str:
         data = {"crows": {"axes": {"gender": {"stereotype_score": score, "ci95": [score - 5, score + 5]}}},

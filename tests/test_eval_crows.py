@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from eval_helpers import manual_causal_mean, manual_masked_logprob, single_thread  # noqa: F401
 
-from peft_debias.errors import DebiasError
+from peft_debias.core.errors import DebiasError
 from peft_debias.eval.crows import (
     CrowsPair,
     causal_pair_scores,
@@ -21,7 +21,7 @@ from peft_debias.eval.crows import (
     run_crows,
     shared_token_positions,
 )
-from peft_debias.models import ModelKind, load_model
+from peft_debias.models.loading import ModelKind, load_model
 
 PAIRS = [
     CrowsPair("0", "He is a doctor.", "She is a doctor.", "antistereo", "gender"),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from eval_helpers import single_thread  # noqa: F401
 
-from peft_debias.errors import DebiasError
+from peft_debias.core.errors import DebiasError
 from peft_debias.eval.crows import CrowsPair, causal_pair_scores, crows_axis_result
 from peft_debias.eval.lm_scoring import mean_pooled_embeddings
 from peft_debias.eval.seat import SETS, load_seat_test, run_seat
@@ -21,7 +21,7 @@ from peft_debias.eval.stereoset import (
     stereoset_metrics,
 )
 from peft_debias.evaluate_modules import MODULES, module_path
-from peft_debias.models import load_model
+from peft_debias.models.loading import load_model
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from eval_helpers import manual_masked_logprob, single_thread  # noqa: F401
 
-from peft_debias.errors import DebiasError
+from peft_debias.core.errors import DebiasError
 from peft_debias.eval.perplexity import (
     causal_nll,
     masked_nll,
@@ -19,7 +19,7 @@ from peft_debias.eval.perplexity import (
     special_token_frame,
     text_token_ids,
 )
-from peft_debias.models import ModelKind, load_model
+from peft_debias.models.loading import ModelKind, load_model
 
 TEXT = (
     "The king and the queen visited the hospital. My brother is a nurse and my sister is a pilot. "

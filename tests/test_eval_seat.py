@@ -11,7 +11,7 @@ import pytest
 import torch
 from eval_helpers import single_thread  # noqa: F401
 
-from peft_debias.errors import DebiasError
+from peft_debias.core.errors import DebiasError
 from peft_debias.eval.lm_scoring import mean_pooled_embeddings
 from peft_debias.eval.seat import (
     SEAT_AXIS_TESTS,
@@ -21,7 +21,7 @@ from peft_debias.eval.seat import (
     run_seat,
     select_seat_tests,
 )
-from peft_debias.models import load_model
+from peft_debias.models.loading import load_model
 
 # Sentences whose "embeddings" are fixed 2-D vectors: s(w) = (w_x - w_y) / |w| with A = {e1}, B = {e2}.
 VECTORS = {

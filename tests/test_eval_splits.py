@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from peft_debias.errors import DebiasError
+from peft_debias.core.errors import DebiasError
 from peft_debias.eval.splits import SPLITS, split_of, take_split
 
 

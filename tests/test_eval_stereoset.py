@@ -11,7 +11,7 @@ import pytest
 import torch
 from eval_helpers import STEREOSET_KEEP, build_small_data, manual_causal_mean, single_thread  # noqa: F401
 
-from peft_debias.errors import DebiasError
+from peft_debias.core.errors import DebiasError
 from peft_debias.eval.stats import rng_for
 from peft_debias.eval.stereoset import (
     LABELS,
@@ -25,7 +25,7 @@ from peft_debias.eval.stereoset import (
     stereoset_metrics,
     template_word,
 )
-from peft_debias.models import ModelKind, load_model
+from peft_debias.models.loading import ModelKind, load_model
 
 
 def _item(i: int, target: str) -> StereoSetItem:

@@ -12,8 +12,8 @@ import pytest
 from eval_helpers import build_small_data
 from experiment_support import results_from_items
 
-from peft_debias.cli import main
-from peft_debias.errors import DebiasError
+from peft_debias.cli.main import main
+from peft_debias.core.errors import DebiasError
 from peft_debias.experiment import ExperimentConfig, expand_grid, load_experiment_config, run_experiment
 from peft_debias.experiment import cells as cells_mod
 
@@ -89,7 +89,7 @@ def test_grid_ids_are_deterministic_and_follow_the_config(small_data: Path) -> N
 
 def test_vector_cells_train_on_the_select_half_the_evaluation_uses(data_dir: Path, small_data: Path) -> None:
     """The biased copy of a vector cell never sees a report-half StereoSet stereotype (halves keyed by template)."""
-    from peft_debias.biased import stereotype_sentences
+    from peft_debias.train.biased import stereotype_sentences
 
     cell = next(c for c in expand_grid(tiny_config(), small_data) if c.kind == "vector" and c.role == "treatment")
     path = data_dir / "stereoset" / "stereoset_dev_flat.jsonl"

@@ -22,8 +22,8 @@ from test_loader_helpers import (
     write_csv,
 )
 
-from peft_debias.errors import DebiasError
-from peft_debias.fairness import accuracy, fprd, fprd_per_term, macro_f1, term_masks, tpr_gap_rms, tpr_gaps
+from peft_debias.core.errors import DebiasError
+from peft_debias.eval.fairness import accuracy, fprd, fprd_per_term, macro_f1, term_masks, tpr_gap_rms, tpr_gaps
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "downstream_classifier.py"

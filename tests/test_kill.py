@@ -30,8 +30,8 @@ import torch
 from safetensors.torch import load_file
 from tiny_models import CORPUS
 
-from peft_debias.train import work_dir
-from peft_debias.vector_stream import Checkpoint, ShardWriter
+from peft_debias.train.adapter import work_dir
+from peft_debias.vector.stream import Checkpoint, ShardWriter
 
 KILLS = [2, pytest.param(6, marks=pytest.mark.slow)]
 

@@ -25,9 +25,9 @@ from transformers import (
     AutoModelForTokenClassification,
 )
 
-from peft_debias.loader import adapter_parameters, load_debias_adapter
-from peft_debias.loader_checks import backbone_fingerprint
-from peft_debias.models import load_tokenizer
+from peft_debias.loader.attach import adapter_parameters, load_debias_adapter
+from peft_debias.loader.checks import backbone_fingerprint
+from peft_debias.models.loading import load_tokenizer
 
 METHODS = ["lora", "prefix", "prompt", "ia3"]
 LM_HEAD = {"bert": AutoModelForMaskedLM, "bert_encoder": AutoModel, "llama": AutoModelForCausalLM}

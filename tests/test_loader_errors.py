@@ -17,8 +17,8 @@ from test_loader_helpers import (
 from tiny_models import SEED, _bert_config, _bert_tokenizer
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, BertForMaskedLM
 
-from peft_debias.errors import DebiasError
-from peft_debias.loader import load_debias_adapter
+from peft_debias.core.errors import DebiasError
+from peft_debias.loader.attach import load_debias_adapter
 
 
 @pytest.fixture(scope="module")

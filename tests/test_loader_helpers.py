@@ -11,8 +11,8 @@ import pytest
 import torch
 from tiny_models import CORPUS
 
-from peft_debias.loader import adapter_parameters
-from peft_debias.train import TrainConfig, train_adapter
+from peft_debias.loader.attach import adapter_parameters
+from peft_debias.train.adapter import TrainConfig, train_adapter
 
 _CACHE: dict[tuple[str, str, str], Path] = {}
 

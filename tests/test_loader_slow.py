@@ -12,9 +12,9 @@ from test_loader_helpers import one_torch_thread  # noqa: F401 - autouse fixture
 from tiny_models import CORPUS
 from transformers import BertForSequenceClassification
 
-from peft_debias.loader import adapter_parameters, load_debias_adapter
-from peft_debias.models import bundled_model_path, load_model
-from peft_debias.train import TrainConfig, train_adapter
+from peft_debias.loader.attach import adapter_parameters, load_debias_adapter
+from peft_debias.models.loading import bundled_model_path, load_model
+from peft_debias.train.adapter import TrainConfig, train_adapter
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from peft_debias.vector_stream import Checkpoint, ShardWriter
+from peft_debias.vector.stream import Checkpoint, ShardWriter
 
 pytestmark = pytest.mark.slow
 

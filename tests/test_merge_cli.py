@@ -16,9 +16,9 @@ from test_loader_helpers import (
 )
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
-from peft_debias.artifact import read_debias_config
-from peft_debias.cli import main
-from peft_debias.loader import load_debias_adapter
+from peft_debias.cli.main import main
+from peft_debias.core.provenance import read_debias_config
+from peft_debias.loader.attach import load_debias_adapter
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests of peft_debias.models: kind detection, safe loading, bundled aliases, weight fingerprints."""
+"""Tests of peft_debias.models.loading: kind detection, safe loading, bundled aliases, weight fingerprints."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, BertConfig, LlamaConfig, ViTConfig
 
-from peft_debias import models
-from peft_debias.errors import DebiasError
-from peft_debias.models import (
+from peft_debias.core.errors import DebiasError
+from peft_debias.models import loading as models
+from peft_debias.models.loading import (
     LoadedModel,
     ModelKind,
     bundled_model_path,
@@ -165,11 +165,11 @@ def test_dtype_and_num_labels_are_applied(tiny_models: dict[str, Path]) -> None:
 def test_masked_lm_on_a_bare_encoder_works_with_a_warning(
     tiny_models: dict[str, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="peft_debias.models"):
+    with caplog.at_level(logging.WARNING, logger="peft_debias.models.loading"):
         loaded = load_model(str(tiny_models["bert_encoder"]), ModelKind.MASKED_LM)
     assert loaded.kind is ModelKind.MASKED_LM
     assert type(loaded.model).__name__ == "BertForMaskedLM"
-    warnings = [r for r in caplog.records if r.name == "peft_debias.models" and r.levelno == logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "peft_debias.models.loading" and r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "masked-LM head" in warnings[0].getMessage()
     # The encoder weights themselves were loaded (not re-initialised).
     encoder = load_model(str(tiny_models["bert_encoder"])).model
@@ -188,15 +188,15 @@ def test_masked_lm_on_a_classifier_checkpoint_warns(
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "architectures": ["BertForSequenceClassification"]}))
     assert detect_kind(AutoConfig.from_pretrained(folder)) is ModelKind.MASKED_LM
-    with caplog.at_level(logging.WARNING, logger="peft_debias.models"):
+    with caplog.at_level(logging.WARNING, logger="peft_debias.models.loading"):
         assert load_model(str(folder)).kind is ModelKind.MASKED_LM
     assert any("BertForSequenceClassification" in r.getMessage() for r in caplog.records)
 
 
 def test_no_warning_for_a_real_masked_lm(tiny_models: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="peft_debias.models"):
+    with caplog.at_level(logging.WARNING, logger="peft_debias.models.loading"):
         load_model(str(tiny_models["bert"]), "masked_lm")
-    assert not [r for r in caplog.records if r.name == "peft_debias.models"]
+    assert not [r for r in caplog.records if r.name == "peft_debias.models.loading"]
 
 
 def test_masked_lm_on_a_decoder_is_a_clear_error(tiny_models: dict[str, Path]) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from faker.providers.person.en_US import Provider
 
-from peft_debias.axes import get_axis
-from peft_debias.cda import counterfactuals, swap
-from peft_debias.corpora import CDAConfig, build_cda_dataset
-from peft_debias.errors import DebiasError
-from peft_debias.names import excluded_names, name_pairs, with_names
+from peft_debias.cda.axes import get_axis
+from peft_debias.cda.corpora import CDAConfig, build_cda_dataset
+from peft_debias.cda.names import excluded_names, name_pairs, with_names
+from peft_debias.cda.swapping import counterfactuals, swap
+from peft_debias.core.errors import DebiasError
 
 
 def test_pairs_are_the_most_frequent_unambiguous_names_paired_by_rank() -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from peft_debias.errors import DebiasError
-from peft_debias.methods import LORA_TARGETS, MethodOptions, build_peft_config, get_method
-from peft_debias.models import ModelKind, load_model
-from peft_debias.objectives import (
+from peft_debias.core.errors import DebiasError
+from peft_debias.models.loading import ModelKind, load_model
+from peft_debias.models.methods import LORA_TARGETS, MethodOptions, build_peft_config, get_method
+from peft_debias.train.loop import RowStream, _rows
+from peft_debias.train.objectives import (
     ObjectiveConfig,
     _aligned_positions,
     check_objective,
@@ -18,7 +19,6 @@ from peft_debias.objectives import (
     mask_tokens,
     token_alignment,
 )
-from peft_debias.trainer_loop import RowStream, _rows
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +207,7 @@ def test_invariance_choices_are_checked() -> None:
 
 def test_control_pairs_take_one_forward_pass_and_match_the_lm_objective(tiny_models, monkeypatch) -> None:
     """A no-swap pair (a sentence with itself) costs one forward pass and trains exactly like ``clm``."""
-    import peft_debias.objectives as objectives
+    import peft_debias.train.objectives as objectives
 
     llama = load_model(str(tiny_models["llama"]))
     llama.model.train()

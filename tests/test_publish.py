@@ -16,8 +16,8 @@ from test_publish_support import folder_hashes, sample_results, train_tiny_adapt
 from test_vector_support import perturb
 from tiny_models import CORPUS
 
+from peft_debias.cards.results import figures
 from peft_debias.eval.results import compare_results, load_results, save_results
-from peft_debias.publish_card import figures
 
 REPO = "tester/gender-debias-lora"
 
@@ -34,8 +34,8 @@ import json, sys, torch
 from huggingface_hub import ModelCard
 from peft import PeftModel
 from peft_debias import load_debias_adapter
-from peft_debias.loader import adapter_parameters
-from peft_debias.models import load_model
+from peft_debias.loader.attach import adapter_parameters
+from peft_debias.models.loading import load_model
 
 base, local, repo = sys.argv[1:4]
 def outputs(model, tok):
@@ -108,7 +108,8 @@ def test_adapter_publish_pull_and_card(adapter, tiny_models, hub_server, tmp_pat
     offline = run_client(
         [
             "-c",
-            "import sys; from peft_debias import load_debias_adapter; from peft_debias.models import load_model\n"
+            "import sys; from peft_debias import load_debias_adapter\n"
+            "from peft_debias.models.loading import load_model\n"
             "m = load_debias_adapter(load_model(sys.argv[1]).model, sys.argv[2], mode='inference')\n"
             "print(sorted(m.peft_config))",
             base,
@@ -124,7 +125,7 @@ def test_adapter_publish_pull_and_card(adapter, tiny_models, hub_server, tmp_pat
 _VECTOR_SCRIPT = r"""
 import json, sys
 from dataclasses import asdict
-from peft_debias.publish import publish_artifact
+from peft_debias.hub.publish import publish_artifact
 vec, model = sys.argv[1:3]
 one = publish_artifact(vec, "bias-vectors", revision="exp/v1")          # namespace from whoami, new branch
 two = publish_artifact(model, "tester/gender-debiased-llama", private=True)
@@ -137,7 +138,7 @@ import huggingface_hub.constants as constants
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 from peft_debias import BiasVector
-from peft_debias.errors import DebiasError
+from peft_debias.core.errors import DebiasError
 
 vec, model = sys.argv[1:3]
 local = BiasVector.load(vec)

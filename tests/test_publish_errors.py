@@ -13,8 +13,8 @@ from huggingface_hub import ModelCard
 from test_publish_support import folder_hashes, sample_results, train_tiny_adapter
 from tiny_models import CORPUS
 
-from peft_debias.errors import DebiasError
-from peft_debias.publish import check_repo_id, check_revision, publish_artifact, render_card
+from peft_debias.core.errors import DebiasError
+from peft_debias.hub.publish import check_repo_id, check_revision, publish_artifact, render_card
 
 OLD = {"adapter_model.safetensors": b"old weights", "notes.md": b"the owner's notes"}
 
@@ -67,7 +67,7 @@ def test_faults_leave_repo_and_folder_unchanged(adapter, hub, tmp_path, action: 
 
 _CLI_LOOP = r"""
 import contextlib, io, json, os, sys
-from peft_debias.cli import main
+from peft_debias.cli.main import main
 out = []
 for repo in json.loads(sys.argv[2]):
     err = io.StringIO()
@@ -185,8 +185,8 @@ def test_results_must_fit_the_artifact(adapter, tiny_models, tmp_path) -> None:
 
 
 def test_hub_card_metadata(adapter) -> None:
-    from peft_debias.publish import inspect_artifact
-    from peft_debias.vector_card import render_debiased_card
+    from peft_debias.cards.vector import render_debiased_card
+    from peft_debias.hub.publish import inspect_artifact
 
     artifact = inspect_artifact(adapter)
     local_card = ModelCard((adapter / "README.md").read_text())

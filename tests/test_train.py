@@ -11,9 +11,9 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from tiny_models import CORPUS
 
-from peft_debias.errors import DebiasError
-from peft_debias.models import load_model
-from peft_debias.train import TrainConfig, train_adapter, work_dir
+from peft_debias.core.errors import DebiasError
+from peft_debias.models.loading import load_model
+from peft_debias.train.adapter import TrainConfig, train_adapter, work_dir
 
 
 @pytest.fixture(scope="session")
@@ -123,7 +123,7 @@ def test_resume_is_bit_identical(tiny_models, corpus, tmp_path, monkeypatch, nam
     reference = _config(tiny_models[name], corpus, tmp_path / "ref", **kw)
     train_adapter(reference)
 
-    from peft_debias import trainer_loop
+    from peft_debias.train import loop as trainer_loop
 
     real = trainer_loop.compute_loss
     calls = {"n": 0}
@@ -153,7 +153,7 @@ def test_resume_is_bit_identical(tiny_models, corpus, tmp_path, monkeypatch, nam
 
 
 def test_resume_with_a_different_config_is_refused(tiny_models, corpus, tmp_path, monkeypatch) -> None:
-    from peft_debias import trainer_loop
+    from peft_debias.train import loop as trainer_loop
 
     monkeypatch.setattr(trainer_loop, "compute_loss", lambda *a, **k: (_ for _ in ()).throw(_Killed()))
     with pytest.raises(_Killed):

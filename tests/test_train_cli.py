@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from tiny_models import CORPUS
 
-from peft_debias.commands.train import config_from_args, load_recipe
-from peft_debias.errors import DebiasError
+from peft_debias.cli.train import config_from_args, load_recipe
+from peft_debias.core.errors import DebiasError
 
 REPO = Path(__file__).resolve().parents[1]
 

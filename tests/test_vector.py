@@ -13,8 +13,8 @@ from test_vector_support import cast, dense_debias, load_all, perturb, write_toy
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
 from peft_debias import BiasVector
-from peft_debias.errors import DebiasError
-from peft_debias.vector_terms import EXCLUDE_PRESETS, is_excluded
+from peft_debias.core.errors import DebiasError
+from peft_debias.vector.terms import EXCLUDE_PRESETS, is_excluded
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import torch
 from test_vector_support import load_all
 
 from peft_debias import BiasVector
-from peft_debias.errors import DebiasError
-from peft_debias.vector_combine import combine, gram_matrix
-from peft_debias.vector_terms import DenseDelta
+from peft_debias.core.errors import DebiasError
+from peft_debias.vector.combine import combine, gram_matrix
+from peft_debias.vector.terms import DenseDelta
 
 
 def vec(tensors: dict[str, torch.Tensor], axis: str) -> BiasVector:

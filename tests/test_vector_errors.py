@@ -15,8 +15,8 @@ from test_vector_support import perturb, write_toy
 from transformers import AutoModelForCausalLM
 
 from peft_debias import BiasVector
-from peft_debias import vector_stream as stream
-from peft_debias.errors import DebiasError
+from peft_debias.core.errors import DebiasError
+from peft_debias.vector import stream
 
 
 @pytest.fixture(scope="module")

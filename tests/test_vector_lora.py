@@ -13,7 +13,7 @@ from test_vector_support import load_all
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from peft_debias import BiasVector
-from peft_debias.errors import DebiasError
+from peft_debias.core.errors import DebiasError
 
 
 def make_lora(base: Path, out: Path, seed: int = 0, **config) -> Path:

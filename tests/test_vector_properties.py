@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peft_debias import BiasVector
-from peft_debias.errors import DebiasError
-from peft_debias.vector_terms import DenseDelta
+from peft_debias.core.errors import DebiasError
+from peft_debias.vector.terms import DenseDelta
 
 SHAPES = {"w": (3, 5), "b": (5,), "emb": (7, 2), "scalar": ()}
 TINY = torch.finfo(torch.float32).tiny  # below it float32 results are subnormal (or flushed to zero)

@@ -12,8 +12,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def smollm2() -> Path:
-    from peft_debias.errors import DebiasError
-    from peft_debias.models import bundled_model_path
+    from peft_debias.core.errors import DebiasError
+    from peft_debias.models.loading import bundled_model_path
 
     try:
         return bundled_model_path("bundled:smollm2")
@@ -26,7 +26,7 @@ def test_smollm2_stream_merge_exact_tied_and_loadable(smollm2: Path, tmp_path: P
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from peft_debias import BiasVector
-    from peft_debias.vector_stream import Checkpoint
+    from peft_debias.vector.stream import Checkpoint
 
     biased = perturb(smollm2, tmp_path / "biased", noise=1e-4, seed=5)
     vector = BiasVector.from_models("bundled:smollm2", biased, axis="gender")

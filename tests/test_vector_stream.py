@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from peft_debias.errors import DebiasError
-from peft_debias.vector_stream import DTYPE_NAMES, Checkpoint, ShardWriter, parse_size, row_blocks
+from peft_debias.core.errors import DebiasError
+from peft_debias.vector.stream import DTYPE_NAMES, Checkpoint, ShardWriter, parse_size, row_blocks
 
 
 def _tensors() -> dict[str, torch.Tensor]:
@@ -90,7 +90,7 @@ def test_parse_size_errors() -> None:
 _MAKE = """
 import json, sys, torch
 from pathlib import Path
-from peft_debias.vector_stream import ShardWriter
+from peft_debias.vector.stream import ShardWriter
 root, mib = Path(sys.argv[1]), int(sys.argv[2])
 rows = 4096
 cols = mib * (1 << 20) // 4 // rows // 4  # four tensors
@@ -113,7 +113,7 @@ import resource, sys
 from pathlib import Path
 import torch
 from peft_debias import BiasVector
-import peft_debias.vector_apply, jinja2, huggingface_hub, tqdm.auto  # imports count as baseline, not as the merge
+import peft_debias.vector.apply, jinja2, huggingface_hub, tqdm.auto  # imports count as baseline, not as the merge
 root = Path(sys.argv[1])
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 vector = BiasVector.from_models(root / "pre", root / "biased")

@@ -13,8 +13,8 @@ from test_vector_support import perturb
 from transformers import AutoModelForCausalLM
 
 from peft_debias import BiasVector
-from peft_debias.errors import DebiasError
-from peft_debias.sweep import SweepConfig, lambda_sweep, parse_lambdas, summarize, write_sweep
+from peft_debias.core.errors import DebiasError
+from peft_debias.vector.sweep import SweepConfig, lambda_sweep, parse_lambdas, summarize, write_sweep
 
 KEY = "model.layers.0.self_attn.q_proj.weight"
 
@@ -113,7 +113,7 @@ def test_cli_sweep_with_the_eval_suite(setup, tmp_path: Path, data_dir: Path) ->
 
 
 def test_sweep_compares_combinations(setup, tmp_path: Path) -> None:
-    from peft_debias.vector_combine import combine
+    from peft_debias.vector.combine import combine
 
     base, biased = setup
     other = perturb(biased, tmp_path / "race", noise=0.05, seed=3)  # shares the gender direction

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import DebiasError, one_line
+from peft_debias.core.errors import DebiasError, one_line
 
 logger = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DebiasError
+from peft_debias.core.errors import DebiasError
 
 if TYPE_CHECKING:
-    from ..models import ModelKind
+    from peft_debias.models.loading import ModelKind
 
 
 @dataclass
@@ -27,7 +27,7 @@ class ModelHandle:
 def infer_kind(model: Any) -> ModelKind:
     """A model object's kind from its class (PEFT wrappers unwrapped): ``*ForMaskedLM`` masked, ``*ForCausalLM``
     / ``*LMHeadModel`` causal, anything else an encoder."""
-    from ..models import ModelKind
+    from peft_debias.models.loading import ModelKind
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     name = type(base).__name__
@@ -41,10 +41,11 @@ def infer_kind(model: Any) -> ModelKind:
 def resolve_model(
     model: Any, tokenizer: Any = None, *, kind: str | ModelKind | None = None, adapters: Iterable[str] = ()
 ) -> ModelHandle:
-    """A model name / alias / folder, a :class:`~peft_debias.models.LoadedModel`, or a model object (+ tokenizer)
+    """A model name / alias / folder, a :class:`~peft_debias.models.loading.LoadedModel`, or a model object
+    (+ tokenizer)
     -> a :class:`ModelHandle`, with ``adapters`` attached (:func:`~peft_debias.eval.adapters.attach_adapters`)."""
-    from ..models import LoadedModel, ModelKind, load_model, load_tokenizer
-    from .adapters import attach_adapters
+    from peft_debias.eval.adapters import attach_adapters
+    from peft_debias.models.loading import LoadedModel, ModelKind, load_model, load_tokenizer
 
     if isinstance(model, (str, Path)):
         loaded = load_model(str(model), kind)
@@ -71,7 +72,7 @@ def peek_kind(model: Any, kind: str | ModelKind | None = None) -> ModelKind | No
 
     Used to check the data and the benchmark / kind combination before a model is loaded.
     """
-    from ..models import LoadedModel, ModelKind
+    from peft_debias.models.loading import LoadedModel, ModelKind
 
     if kind is not None:
         try:
@@ -84,7 +85,7 @@ def peek_kind(model: Any, kind: str | ModelKind | None = None) -> ModelKind | No
         return infer_kind(model)
     from transformers import AutoConfig
 
-    from ..models import BUNDLED_PREFIX, bundled_model_path, detect_kind
+    from peft_debias.models.loading import BUNDLED_PREFIX, bundled_model_path, detect_kind
 
     name = str(model)
     try:

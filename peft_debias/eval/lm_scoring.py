@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import DebiasError
-from .packed import batch as packed_batch
-from .packed import pack, packing_works
+from peft_debias.core.errors import DebiasError
+from peft_debias.eval.packed import batch as packed_batch
+from peft_debias.eval.packed import pack, packing_works
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

@@ -20,9 +20,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import DebiasError
-from ..models import ModelKind
-from .lm_scoring import (
+from peft_debias.core.errors import DebiasError
+from peft_debias.eval.lm_scoring import (
     head_log_softmax,
     masked_logprobs,
     max_sequence_length,
@@ -30,6 +29,7 @@ from .lm_scoring import (
     pad_batch,
     start_token_id,
 )
+from peft_debias.models.loading import ModelKind
 
 DEFAULT_MAX_TOKENS = {ModelKind.CAUSAL_LM: 20_000, ModelKind.MASKED_LM: 2_000}
 DEFAULT_WINDOW = {ModelKind.CAUSAL_LM: 1024, ModelKind.MASKED_LM: 128}

@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_output
-from ..errors import DebiasError
-from .sources import AXES
+from peft_debias.core.atomic import atomic_output
+from peft_debias.core.errors import DebiasError
+from peft_debias.eval.sources import AXES
 
 
 def _num(value: Any, digits: int = 2) -> str:

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import atomic_output
-from ..errors import DebiasError, one_line
-from .stats import mcnemar_exact
+from peft_debias.core.atomic import atomic_output
+from peft_debias.core.errors import DebiasError, one_line
+from peft_debias.eval.stats import mcnemar_exact
 
 SCHEMA_VERSION = 1
 # benchmark -> (headline figure, name of "now yes, before no" list, name of "now no, before yes" list)

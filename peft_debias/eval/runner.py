@@ -16,14 +16,14 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DebiasError
-from .handle import ModelHandle, peek_kind, resolve_model
-from .results import SCHEMA_VERSION, compare_results, load_results
-from .sources import DataSource, check_axes, hub_rows, parse_names, sha256_of
-from .splits import check_split, take_split
+from peft_debias.core.errors import DebiasError
+from peft_debias.eval.handle import ModelHandle, peek_kind, resolve_model
+from peft_debias.eval.results import SCHEMA_VERSION, compare_results, load_results
+from peft_debias.eval.sources import DataSource, check_axes, hub_rows, parse_names, sha256_of
+from peft_debias.eval.splits import check_split, take_split
 
 if TYPE_CHECKING:
-    from ..models import ModelKind
+    from peft_debias.models.loading import ModelKind
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def _file_info(path: Path) -> dict[str, Any]:
 
 
 def _load_seat(source: DataSource, config: EvalConfig, axes: list[str]) -> tuple[Any, dict[str, Any]]:
-    from .seat import select_seat_tests
+    from peft_debias.eval.seat import select_seat_tests
 
     folder = source.file("seat", config.seat_dir)
     if folder is None:
@@ -146,8 +146,8 @@ def _load_seat(source: DataSource, config: EvalConfig, axes: list[str]) -> tuple
 
 
 def _run_seat(handle: ModelHandle, tests: Any, config: EvalConfig, axes: list[str]) -> dict[str, Any]:
-    from .lm_scoring import mean_pooled_embeddings
-    from .seat import run_seat
+    from peft_debias.eval.lm_scoring import mean_pooled_embeddings
+    from peft_debias.eval.seat import run_seat
 
     def encode(sentences: list[str]) -> Any:
         return mean_pooled_embeddings(
@@ -185,7 +185,7 @@ def _load_items(
 
 
 def _load_crows(source: DataSource, config: EvalConfig, axes: list[str]) -> tuple[Any, dict[str, Any]]:
-    from .crows import crows_pairs_from_rows, load_crows_pairs, pairs_for_axis
+    from peft_debias.eval.crows import crows_pairs_from_rows, load_crows_pairs, pairs_for_axis
 
     return _load_items(
         "crows", source, config, axes, config.crows_file, load_crows_pairs, crows_pairs_from_rows, pairs_for_axis,
@@ -194,7 +194,7 @@ def _load_crows(source: DataSource, config: EvalConfig, axes: list[str]) -> tupl
 
 
 def _run_crows(handle: ModelHandle, data: Any, config: EvalConfig, axes: list[str]) -> dict[str, Any]:
-    from .crows import run_crows
+    from peft_debias.eval.crows import run_crows
 
     pairs, where = data
     return run_crows(
@@ -214,7 +214,7 @@ def _run_crows(handle: ModelHandle, data: Any, config: EvalConfig, axes: list[st
 
 
 def _load_stereoset(source: DataSource, config: EvalConfig, axes: list[str]) -> tuple[Any, dict[str, Any]]:
-    from .stereoset import items_for_axis, load_stereoset, split_group, stereoset_from_rows
+    from peft_debias.eval.stereoset import items_for_axis, load_stereoset, split_group, stereoset_from_rows
 
     return _load_items(
         "stereoset", source, config, axes, config.stereoset_file, load_stereoset, stereoset_from_rows, items_for_axis,
@@ -223,7 +223,7 @@ def _load_stereoset(source: DataSource, config: EvalConfig, axes: list[str]) -> 
 
 
 def _run_stereoset(handle: ModelHandle, data: Any, config: EvalConfig, axes: list[str]) -> dict[str, Any]:
-    from .stereoset import run_stereoset
+    from peft_debias.eval.stereoset import run_stereoset
 
     items, where = data
     return run_stereoset(
@@ -243,7 +243,7 @@ def _run_stereoset(handle: ModelHandle, data: Any, config: EvalConfig, axes: lis
 
 
 def _load_perplexity(source: DataSource, config: EvalConfig, axes: list[str]) -> tuple[Any, dict[str, Any]]:
-    from .perplexity import chars_needed, read_text
+    from peft_debias.eval.perplexity import chars_needed, read_text
 
     path = source.file("perplexity", config.ppl_file)
     if path is None:
@@ -256,7 +256,7 @@ def _load_perplexity(source: DataSource, config: EvalConfig, axes: list[str]) ->
 
 
 def _run_perplexity(handle: ModelHandle, data: Any, config: EvalConfig, axes: list[str]) -> dict[str, Any]:
-    from .perplexity import run_perplexity
+    from peft_debias.eval.perplexity import run_perplexity
 
     text, where = data
     return run_perplexity(
@@ -293,7 +293,7 @@ def versions() -> dict[str, str]:
     import torch
     import transformers
 
-    from .. import __version__
+    from peft_debias import __version__
 
     return {
         "peft_debias": __version__,
@@ -343,7 +343,8 @@ def evaluate_bias(
 
     Args:
         model: a Hub id, local folder or bundled alias (``bundled:minilm``, ``bundled:smollm2``), a
-            :class:`~peft_debias.models.LoadedModel`, or a model object (PEFT-wrapped or not) with ``tokenizer``.
+            :class:`~peft_debias.models.loading.LoadedModel`,
+            or a model object (PEFT-wrapped or not) with ``tokenizer``.
         benchmarks: names from :data:`BENCHMARKS` (``"seat,crows"`` or a list); default: every benchmark the
             model kind supports (an encoder gets SEAT only).
         axes: ``gender``, ``race``, ``religion`` (default all three).

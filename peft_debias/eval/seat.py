@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..errors import DebiasError, one_line
-from .stats import association, rng_for, seat_statistics
+from peft_debias.core.errors import DebiasError, one_line
+from peft_debias.eval.stats import association, rng_for, seat_statistics
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..data_dir import DATA_ENV, resolve_data_dir
-from ..errors import DebiasError, one_line
+from peft_debias.core.data_dir import DATA_ENV, resolve_data_dir
+from peft_debias.core.errors import DebiasError, one_line
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import hashlib
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
-from ..errors import DebiasError
+from peft_debias.core.errors import DebiasError
 
 SPLITS = ("select", "report")
 T = TypeVar("T")

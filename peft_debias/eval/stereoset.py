@@ -30,11 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DebiasError, one_line
-from ..models import ModelKind
-from .lm_scoring import causal_logprob_sums, mask_token_id, masked_logprobs, max_sequence_length
-from .sources import label_name
-from .stats import bootstrap_counts, percentile_interval, rng_for
+from peft_debias.core.errors import DebiasError, one_line
+from peft_debias.eval.lm_scoring import causal_logprob_sums, mask_token_id, masked_logprobs, max_sequence_length
+from peft_debias.eval.sources import label_name
+from peft_debias.eval.stats import bootstrap_counts, percentile_interval, rng_for
+from peft_debias.models.loading import ModelKind
 
 logger = logging.getLogger(__name__)
 

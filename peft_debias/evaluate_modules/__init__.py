@@ -21,7 +21,7 @@ MODULES = ("seat", "crows_pairs", "stereoset")
 def module_path(name: str) -> str:
     """The folder to pass to ``evaluate.load`` for ``name`` (one of :data:`MODULES`)."""
     if name not in MODULES:
-        from ..errors import DebiasError
+        from peft_debias.core.errors import DebiasError
 
         raise DebiasError(f"unknown evaluate module {name!r} (known: {', '.join(MODULES)})", "choose a known one")
     return str(Path(__file__).resolve().parent / name)

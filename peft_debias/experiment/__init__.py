@@ -11,8 +11,8 @@ intervals and paired tests (:mod:`.stats`, :mod:`.analysis`) and writes ``report
 
 from __future__ import annotations
 
-from .config import ExperimentConfig, load_experiment_config
-from .grid import Cell, expand_grid
-from .runner import ExperimentRun, run_experiment
+from peft_debias.experiment.config import ExperimentConfig, load_experiment_config
+from peft_debias.experiment.grid import Cell, expand_grid
+from peft_debias.experiment.runner import ExperimentRun, run_experiment
 
 __all__ = ["Cell", "ExperimentConfig", "ExperimentRun", "expand_grid", "load_experiment_config", "run_experiment"]

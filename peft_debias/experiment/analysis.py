@@ -25,10 +25,25 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .config import ExperimentConfig
-from .grid import Cell
-from .splits import SELECT, fill_item_groups, item_groups, point_decisions, point_metrics, report_ids, value
-from .stats import bias_distance, combined_p, paired_t_test, pooled_mcnemar, sign_flip_p, summarize
+from peft_debias.experiment.config import ExperimentConfig
+from peft_debias.experiment.grid import Cell
+from peft_debias.experiment.splits import (
+    SELECT,
+    fill_item_groups,
+    item_groups,
+    point_decisions,
+    point_metrics,
+    report_ids,
+    value,
+)
+from peft_debias.experiment.stats import (
+    bias_distance,
+    combined_p,
+    paired_t_test,
+    pooled_mcnemar,
+    sign_flip_p,
+    summarize,
+)
 
 _NAN = float("nan")
 DECISION_METRICS = ("crows/", "stereoset/")

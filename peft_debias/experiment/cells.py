@@ -4,7 +4,7 @@ A cell works in a hidden sibling folder ``cells/.<run_id>.partial/``; when it is
 written there atomically and the folder is renamed to ``cells/<run_id>/`` in one step. So a ``cells/<run_id>/``
 with a ``result.json`` is always a finished cell (never recomputed), and an interrupted cell leaves only its
 partial folder. An adapter cell resumes from that folder: training continues from its last checkpoint (bit for
-bit the run it would have been, see :mod:`peft_debias.train`) when every evaluation up to that checkpoint was
+bit the run it would have been, see :mod:`peft_debias.train.adapter`) when every evaluation up to that checkpoint was
 saved; otherwise it starts over.
 
 Results hold, per evaluated point (checkpoint ``step`` or vector ``lambda``), the full
@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_output
-from ..errors import DebiasError
-from .grid import Cell
+from peft_debias.core.atomic import atomic_output
+from peft_debias.core.errors import DebiasError
+from peft_debias.experiment.grid import Cell
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def load_result(output: Path, cell: Cell) -> dict[str, Any] | None:
 
 def write_json(path: Path, data: Any) -> None:
     """Strict JSON (NaN as null), written atomically, replacing an older file."""
-    from ..eval.results import json_safe
+    from peft_debias.eval.results import json_safe
 
     with atomic_output(path, overwrite=True) as tmp:
         tmp.write_text(json.dumps(json_safe(data), indent=1, allow_nan=False) + "\n", encoding="utf-8")
@@ -98,15 +98,15 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
 
 def evaluate_point(model: Any, tokenizer: Any, spec: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     """The cell's evaluation of one model state: ``evaluate_bias`` plus the optional paraphrase check."""
-    from ..eval.runner import EvalConfig, evaluate_bias
-    from ..models import LoadedModel
+    from peft_debias.eval.runner import EvalConfig, evaluate_bias
+    from peft_debias.models.loading import LoadedModel
 
     ev = spec["eval"]
     config = EvalConfig(**ev["config"], progress=None if ctx.progress else False)
     results = evaluate_bias(model, tokenizer, benchmarks=ev["benchmarks"], axes=ev["axes"], data_dir=ctx.data_dir,
                             config=config)  # fmt: skip
     if spec.get("paraphrase"):
-        from .paraphrase import paraphrase_check
+        from peft_debias.experiment.paraphrase import paraphrase_check
 
         net = model.model if isinstance(model, LoadedModel) else model
         tok = model.tokenizer if isinstance(model, LoadedModel) else tokenizer
@@ -115,7 +115,7 @@ def evaluate_point(model: Any, tokenizer: Any, spec: dict[str, Any], ctx: RunCon
 
 
 def _run_baseline(cell: Cell, ctx: RunContext, partial: Path) -> dict[str, Any]:
-    from ..models import load_model
+    from peft_debias.models.loading import load_model
 
     loaded = load_model(cell.spec["model"])
     return {"points": [{"point": "base", "eval": evaluate_point(loaded, None, cell.spec, ctx)}]}
@@ -128,7 +128,7 @@ def _point_file(folder: Path, step: int) -> Path:
 def _resumable(partial: Path, steps: list[int]) -> bool:
     """An interrupted adapter cell can resume when its trainer left a checkpoint state and every evaluation up to
     the last checkpoint was saved."""
-    from ..train import work_dir
+    from peft_debias.train.adapter import work_dir
 
     work = work_dir(partial / "adapter")
     if not (work / "train_config.json").is_file():
@@ -139,7 +139,7 @@ def _resumable(partial: Path, steps: list[int]) -> bool:
 
 
 def _run_adapter(cell: Cell, ctx: RunContext, partial: Path) -> dict[str, Any]:
-    from ..train import TrainConfig, train_adapter
+    from peft_debias.train.adapter import TrainConfig, train_adapter
 
     spec, steps = cell.spec, list(cell.spec["steps"])
     resume = _resumable(partial, steps)
@@ -178,8 +178,8 @@ def vector_sentences(spec: dict[str, Any]) -> list[str]:
     """The biased model's training text: StereoSet items of the axis filled with ``spec["fill"]`` (stereotype,
     anti-stereotype or unrelated), only the select half when ``train_items`` is ``select`` (the report half is
     then never trained on)."""
-    from ..eval.splits import take_split
-    from ..eval.stereoset import LABELS, items_for_axis, load_stereoset, split_group
+    from peft_debias.eval.splits import take_split
+    from peft_debias.eval.stereoset import LABELS, items_for_axis, load_stereoset, split_group
 
     items = items_for_axis(load_stereoset(spec["stereoset_file"]), spec["axis"], spec["stereoset_file"])
     if spec["train_items"] == "select":
@@ -190,10 +190,10 @@ def vector_sentences(spec: dict[str, Any]) -> list[str]:
 
 
 def _run_vector(cell: Cell, ctx: RunContext, partial: Path) -> dict[str, Any]:
-    from ..biased import BiasedConfig, train_biased
-    from ..models import load_model
-    from ..sweep import SweepConfig, lambda_sweep
-    from ..vector import BiasVector
+    from peft_debias.models.loading import load_model
+    from peft_debias.train.biased import BiasedConfig, train_biased
+    from peft_debias.vector.bias_vector import BiasVector
+    from peft_debias.vector.sweep import SweepConfig, lambda_sweep
 
     spec = cell.spec
     shutil.rmtree(partial, ignore_errors=True)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import DebiasError, one_line
+from peft_debias.core.errors import DebiasError, one_line
 
 BIAS_BENCHMARKS = ("crows", "stereoset", "seat")
 # TrainConfig keys the grid sets itself (a `train:` block may not set them).
@@ -98,7 +98,7 @@ class Targets:
 
 @dataclass
 class VectorSpec:
-    """Bias Vector cells: a biased model per seed (peft_debias.biased), evaluated at every lambda."""
+    """Bias Vector cells: a biased model per seed (peft_debias.train.biased), evaluated at every lambda."""
 
     lambdas: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
     control: str = field(default="anti-stereotype", metadata={"help": "control text: anti-stereotype | unrelated"})
@@ -162,10 +162,10 @@ class ExperimentConfig:
 
     def validate(self, source: str = "experiment config") -> ExperimentConfig:
         """Check names, numbers and the nested blocks (does not touch the file system)."""
-        from ..eval.runner import BENCHMARKS
-        from ..eval.sources import AXES
-        from ..methods import METHODS
-        from ..objectives import OBJECTIVES
+        from peft_debias.eval.runner import BENCHMARKS
+        from peft_debias.eval.sources import AXES
+        from peft_debias.models.methods import METHODS
+        from peft_debias.train.objectives import OBJECTIVES
 
         self.models = _str_list(self.models, "models")
         self.axes = _str_list(self.axes, "axes")
@@ -195,7 +195,7 @@ class ExperimentConfig:
         return self
 
     def _validate_train(self, source: str) -> None:
-        from ..train import TrainConfig
+        from peft_debias.train.adapter import TrainConfig
 
         blocks = {"train": self.train, **{f"method_train.{m}": v for m, v in (self.method_train or {}).items()}}
         tunable = sorted(f.name for f in fields(TrainConfig) if f.name not in GRID_TRAIN_KEYS)
@@ -230,7 +230,7 @@ class ExperimentConfig:
 
     def max_steps_values(self) -> list[int | None]:
         """Every ``max_steps`` a cell can get (train block, per-method blocks and searched values)."""
-        from ..train import TrainConfig
+        from peft_debias.train.adapter import TrainConfig
 
         base = self.train.get("max_steps", TrainConfig.max_steps)
         values = [m.get("max_steps", base) for m in (self.method_train or {}).values()] + [base]
@@ -239,7 +239,7 @@ class ExperimentConfig:
     def _validate_eval(self, source: str) -> None:
         from dataclasses import replace
 
-        from ..eval.runner import EvalConfig
+        from peft_debias.eval.runner import EvalConfig
 
         if not isinstance(self.eval, dict):
             raise _err(f"{source}: eval must be a mapping of EvalConfig keys", "e.g. eval: {n_bootstrap: 1000}")
@@ -265,8 +265,8 @@ class ExperimentConfig:
             _number(sel.ppl_budget, "selection.ppl_budget")
 
     def _validate_vector(self, source: str) -> None:
-        from ..biased import BiasedConfig
-        from ..vector import check_scalar
+        from peft_debias.train.biased import BiasedConfig
+        from peft_debias.vector.bias_vector import check_scalar
 
         vec = self.vector
         assert vec is not None

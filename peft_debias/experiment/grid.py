@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import DebiasError
-from .config import ExperimentConfig
+from peft_debias.core.errors import DebiasError
+from peft_debias.experiment.config import ExperimentConfig
 
 HARNESS_VERSION = 1
 # Harness defaults for the evaluation (a config's eval block overrides them).
@@ -127,7 +127,7 @@ class _Expander:
     """Resolved pieces shared by all cells of a config."""
 
     def __init__(self, config: ExperimentConfig, data_dir: Path | None) -> None:
-        from ..eval.runner import EvalConfig
+        from peft_debias.eval.runner import EvalConfig
 
         self.config, self.data_dir = config, data_dir
         self.models = {m: expand_path(m, data_dir, "model") for m in config.models}
@@ -148,7 +148,7 @@ class _Expander:
         return {"benchmarks": list(self.config.benchmarks), "axes": axes, "config": config}
 
     def stereoset_file(self) -> str:
-        from ..eval.sources import DataSource
+        from peft_debias.eval.sources import DataSource
 
         path = DataSource.resolve(self.data_dir).file("stereoset", self.eval_config.stereoset_file)
         if path is None:
@@ -164,7 +164,7 @@ def _cell(kind: str, slug: str, model: str, axis: str | None, config: str, role:
 
 def expand_grid(config: ExperimentConfig, data_dir: str | Path | None = None) -> list[Cell]:
     """All cells of the experiment, baselines first, then adapter cells, then vector cells (stable order)."""
-    from ..train import TrainConfig
+    from peft_debias.train.adapter import TrainConfig
 
     data = Path(data_dir).resolve() if data_dir is not None else None
     ex = _Expander(config, data)
@@ -202,7 +202,7 @@ def expand_grid(config: ExperimentConfig, data_dir: str | Path | None = None) ->
 
 
 def _vector_cells(config: ExperimentConfig, ex: _Expander) -> list[Cell]:
-    from ..biased import BiasedConfig
+    from peft_debias.train.biased import BiasedConfig
 
     vec = config.vector
     assert vec is not None

@@ -73,7 +73,7 @@ def paraphrase_scores(first: np.ndarray, second: np.ndarray, templates: Sequence
 
 def paraphrase_check(model: Any, tokenizer: Any, axes: Iterable[str] = ("gender",), batch_size: int = 64) -> dict:
     """Embed the paraphrase pairs with ``model`` and return :func:`paraphrase_scores` (model left in eval mode)."""
-    from ..eval.lm_scoring import mean_pooled_embeddings
+    from peft_debias.eval.lm_scoring import mean_pooled_embeddings
 
     pairs = paraphrase_pairs(axes)
     model.eval()

@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_output
-from ..eval.results import json_safe
+from peft_debias.core.atomic import atomic_output
+from peft_debias.eval.results import json_safe
 
 CHARTS = ("bias_vs_quality.png", "lambda_curves.png")
 

@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import DebiasError
-from .cells import RunContext, is_done, load_result, run_cell, write_json
-from .config import ExperimentConfig
-from .grid import Cell, expand_grid
+from peft_debias.core.errors import DebiasError
+from peft_debias.experiment.cells import RunContext, is_done, load_result, run_cell, write_json
+from peft_debias.experiment.config import ExperimentConfig
+from peft_debias.experiment.grid import Cell, expand_grid
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def default_output(config: ExperimentConfig) -> Path:
 
 def resolve_data(config: ExperimentConfig, data_dir: str | Path | None) -> Path:
     """The data folder: the argument, else the config's ``data_dir``, else ``$PEFT_DEBIAS_DATA``."""
-    from ..data_dir import resolve_data_dir
+    from peft_debias.core.data_dir import resolve_data_dir
 
     return resolve_data_dir(data_dir or config.data_dir).resolve()
 
@@ -114,8 +114,8 @@ def run_experiment(
         result = load_result(out, cell)
         if result is not None:
             results[cell.run_id] = result
-    from .analysis import analyse
-    from .report import write_outputs
+    from peft_debias.experiment.analysis import analyse
+    from peft_debias.experiment.report import write_outputs
 
     run.summary = analyse(config, cells, results)
     run.written = write_outputs(run.summary, out)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..eval.splits import split_of
+from peft_debias.eval.splits import split_of
 
 SELECT, REPORT = "select", "report"
 SCOPES = ("all", SELECT, REPORT)
@@ -89,7 +89,7 @@ def crows_score(decisions: Mapping[str, int], ids: Iterable[str] | None = None) 
 
 def stereoset_scores(items: Mapping[str, Mapping[str, Any]], ids: Iterable[str] | None = None) -> dict[str, float]:
     """SS, LMS, ICAT over ``ids`` from per-item ``{"target", "pro", "related"}`` (macro over target terms)."""
-    from ..eval.stereoset import macro_scores
+    from peft_debias.eval.stereoset import macro_scores
 
     chosen = [items[i] for i in (items if ids is None else ids) if i in items]
     if not chosen:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..eval.stats import mcnemar_exact
+from peft_debias.eval.stats import mcnemar_exact
 
 _NAN = float("nan")
 

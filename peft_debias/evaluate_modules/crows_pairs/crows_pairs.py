@@ -6,7 +6,7 @@ import evaluate
 
 from peft_debias.eval.crows import CrowsPair, causal_pair_scores, crows_axis_result, masked_pair_scores
 from peft_debias.eval.handle import resolve_model
-from peft_debias.models import ModelKind
+from peft_debias.models.loading import ModelKind
 
 _DESCRIPTION = """CrowS-Pairs stereotype score: 100 x the fraction of pairs whose more-stereotypical sentence the
 model scores higher (masked LM: shared tokens masked one at a time; causal LM: mean token log-prob), with a

@@ -14,7 +14,7 @@ from peft_debias.eval.stereoset import (
     stereoset_bootstrap,
     stereoset_metrics,
 )
-from peft_debias.models import ModelKind
+from peft_debias.models.loading import ModelKind
 
 _DESCRIPTION = """StereoSet intrasentence SS, LMS and ICAT, counted per target term and macro-averaged over terms
 (StereoSet / bias-bench evaluation), with 95% bootstrap intervals. Ideal: SS 50, LMS 100, ICAT 100."""

@@ -1,0 +1,1 @@
+"""Counterfactual data augmentation: bias axes, swap rules, first names, corpora and CDA datasets."""

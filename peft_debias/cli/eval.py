@@ -1,0 +1,181 @@
+"""``peft-debias eval``: bias benchmarks and LM quality of a model (+ adapters); reports, comparisons, charts.
+
+Three modes:
+
+* evaluate: ``--model MODEL [--adapter DIR ...] [--benchmarks ...] [--axes ...] [--output results.json]
+  [--report report.md] [--compare other.json]``;
+* re-report / compare saved files: ``--results results.json [--compare other.json] [--report report.md]
+  [--output merged.json]``;
+* chart: ``--plot a.json b.json ... --output chart.png [--labels A,B] [--report table.md]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "evaluate bias (SEAT, CrowS-Pairs, StereoSet) and LM quality; compare runs; plot result files"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    mode = parser.add_argument_group("what to do (exactly one)")
+    mode.add_argument("--model", help="model: Hub id, local folder, or bundled:minilm / bundled:smollm2")
+    mode.add_argument("--results", metavar="FILE", help="use a saved results file instead of evaluating")
+    mode.add_argument("--plot", nargs="+", metavar="FILE", help="draw a PNG chart comparing results files (--output)")
+    what = parser.add_argument_group("evaluation")
+    what.add_argument("--kind", choices=["masked_lm", "causal_lm", "encoder"], help="override the detected model kind")
+    what.add_argument(
+        "--adapter", action="append", default=[], metavar="PATH_OR_REPO", help="PEFT adapter to attach (repeatable)"
+    )
+    what.add_argument(
+        "--benchmarks",
+        help="comma list of seat, crows, stereoset, perplexity (default: all the "
+        "model kind supports; an encoder gets seat)",
+    )
+    what.add_argument("--axes", help="comma list of gender, race, religion (default: all)")
+    what.add_argument("--data-dir", help="data folder (default: $PEFT_DEBIAS_DATA; else the Hub, not for SEAT)")
+    what.add_argument("--seat-tests", default="all", help="'all' (every file in seat/), 'axes', or a comma list")
+    what.add_argument("--n-samples", type=int, default=100_000, help="SEAT permutation samples (default 100000)")
+    what.add_argument("--n-bootstrap", type=int, default=10_000, help="bootstrap resamples (default 10000; 0: none)")
+    what.add_argument("--seed", type=int, default=0)
+    what.add_argument("--batch-size", type=int, default=32, help="sentences per forward (default 32)")
+    what.add_argument(
+        "--causal-bos",
+        choices=["context", "separate"],
+        default="context",
+        help="causal scoring: [BOS]+sentence in one forward (default) or bias-bench's BOS-only forward",
+    )
+    what.add_argument(
+        "--crows-mlm-tokens",
+        choices=["shared", "diff"],
+        default="shared",
+        help="CrowS masked scoring: shared tokens (default, DESIGN / Nangia et al.) or bias-bench's differing tokens",
+    )
+    what.add_argument(
+        "--mlm-filler-mean",
+        choices=["logprob", "prob"],
+        default="logprob",
+        help="StereoSet masked filler score: mean log-prob (default) or bias-bench's mean probability",
+    )
+    what.add_argument("--seat-dir", help="SEAT folder (default <data>/seat)")
+    what.add_argument("--crows-file", help="CrowS-Pairs CSV (default <data>/crows_pairs/crows_pairs_anonymized.csv)")
+    what.add_argument("--stereoset-file", help="StereoSet dev.json or flattened JSONL (default under <data>/stereoset)")
+    what.add_argument("--ppl-file", help="text for perplexity (default <data>/wikitext2/wiki.test.raw)")
+    what.add_argument("--ppl-max-tokens", type=int, help="tokens scored (default: causal 20000, masked 2000)")
+    what.add_argument("--ppl-window", type=int, help="window in tokens (default: causal 1024, masked 128)")
+    what.add_argument("--ppl-stride", type=int, help="causal window stride (default: window / 2)")
+    what.add_argument(
+        "--split",
+        choices=["select", "report"],
+        help="score only this half of the CrowS/StereoSet items (tune on 'select', report 'report')",
+    )
+    what.add_argument("--split-seed", type=int, default=0, help="seed of the item split (default 0)")
+    what.add_argument("--threads", type=int, help="torch CPU threads")
+    what.add_argument("--no-progress", action="store_true", help="no progress bars")
+    out = parser.add_argument_group("outputs")
+    out.add_argument("--output", help="results JSON (evaluate / --results) or chart PNG (--plot)")
+    out.add_argument("--report", help="markdown report")
+    out.add_argument("--compare", metavar="OTHER_JSON", help="paired comparison with another results file")
+    out.add_argument("--label", help="name of this run in reports and charts")
+    out.add_argument("--labels", help="--plot: comma list of names, one per file")
+    out.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+
+def _check_args(args: argparse.Namespace) -> str:
+    from peft_debias.core.atomic import check_destination
+    from peft_debias.core.errors import DebiasError
+
+    modes = [m for m in ("model", "results", "plot") if getattr(args, m)]
+    if len(modes) != 1:
+        raise DebiasError(
+            "pass exactly one of --model, --results or --plot" + (f" (got {', '.join(modes)})" if modes else ""),
+            "see 'peft-debias eval --help'",
+        )
+    outputs = [p for p in (args.output, args.report) if p]
+    if len(set(outputs)) != len(outputs):
+        raise DebiasError("--output and --report name the same file", "choose two different paths")
+    if modes[0] == "plot":
+        if not args.output or not args.output.lower().endswith(".png"):
+            raise DebiasError("--plot needs --output CHART.png", "pass --output with a .png path")
+        if args.compare or args.adapter:
+            raise DebiasError("--plot takes only result files, --labels, --output and --report", "drop other options")
+    elif args.output and args.output.lower().endswith(".png"):
+        raise DebiasError(f"--output {args.output} is a PNG path", "results are JSON; charts come from --plot")
+    for path in outputs:
+        check_destination(path, overwrite=args.overwrite)
+    return modes[0]
+
+
+def _print_summary(results: dict) -> None:
+    from peft_debias.eval.report import text_summary
+
+    for line in text_summary(results):
+        print(line)
+
+
+def run(args: argparse.Namespace) -> int:
+    from peft_debias.eval.report import markdown_report, plot_results, write_text
+    from peft_debias.eval.results import compare_results, load_results, save_results
+
+    mode = _check_args(args)
+    if mode == "plot":
+        runs = [load_results(p) for p in args.plot]
+        labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
+        plot_results(runs, args.output, labels=labels, overwrite=args.overwrite)
+        if args.report:
+            if labels:
+                runs = [{**r, "label": lab} for r, lab in zip(runs, labels, strict=False)]
+            write_text(markdown_report(runs), args.report, overwrite=args.overwrite)
+        print(f"chart of {len(runs)} result files -> {args.output}")
+        return 0
+    if mode == "results":
+        results = load_results(args.results)
+        if args.label:
+            results["label"] = args.label
+        if args.compare:
+            results["compare"] = compare_results(results, load_results(args.compare))
+    else:
+        from peft_debias.eval.runner import EvalConfig, evaluate_bias
+
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        config = EvalConfig(
+            seat_tests=args.seat_tests if args.seat_tests in ("all", "axes") else args.seat_tests.split(","),
+            n_samples=args.n_samples,
+            n_bootstrap=args.n_bootstrap,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            causal_bos=args.causal_bos,
+            crows_mlm_tokens=args.crows_mlm_tokens,
+            mlm_filler_mean=args.mlm_filler_mean,
+            seat_dir=args.seat_dir,
+            crows_file=args.crows_file,
+            stereoset_file=args.stereoset_file,
+            ppl_file=args.ppl_file,
+            ppl_max_tokens=args.ppl_max_tokens,
+            ppl_window=args.ppl_window,
+            ppl_stride=args.ppl_stride,
+            split=args.split,
+            split_seed=args.split_seed,
+            progress=False if args.no_progress else None,
+        )
+        results = evaluate_bias(
+            args.model,
+            benchmarks=args.benchmarks,
+            axes=args.axes,
+            data_dir=args.data_dir,
+            adapters=args.adapter,
+            kind=args.kind,
+            config=config,
+            compare=args.compare,
+            label=args.label,
+        )
+    _print_summary(results)
+    if args.output:
+        save_results(results, args.output, overwrite=args.overwrite)
+        print(f"results -> {args.output}")
+    if args.report:
+        write_text(markdown_report(results), args.report, overwrite=args.overwrite)
+        print(f"report -> {args.report}")
+    return 0

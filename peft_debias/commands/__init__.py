@@ -1,1 +1,0 @@
-"""CLI subcommands, one module each (registered in :data:`peft_debias.cli.COMMANDS`)."""

@@ -1,0 +1,1 @@
+"""The demo: the main job end to end on the bundled models, offline, with its report."""

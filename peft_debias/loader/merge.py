@@ -1,0 +1,87 @@
+"""Merge LoRA / IA3 debiasing adapters into their base model and save a plain model folder.
+
+The folder holds ``config.json``, safetensors weights and the tokenizer (``AutoModel*.from_pretrained`` loads it,
+no peft needed) and a ``debias_config.json`` (artifact ``merged_model``) recording the base, the adapters in merge
+order with their own ``debias_config.json``, and the library versions. Written atomically; an existing output is
+refused unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def merge_to_folder(
+    base: str,
+    adapters: Sequence[str],
+    output: str | Path,
+    *,
+    kind: str | None = None,
+    revision: str | None = None,
+    adapter_revision: str | None = None,
+    allow_base_mismatch: bool = False,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Merge ``adapters`` (folders or Hub ids, in order) into ``base`` and write the model to ``output``.
+
+    Every adapter is checked to be mergeable before the base model is loaded. Returns the ``debias_config.json``
+    written with the model.
+    """
+    from peft_debias.core.atomic import atomic_output, check_destination
+    from peft_debias.core.provenance import DEBIAS_CONFIG, FORMAT_VERSION, sha256_files, timestamp, versions, write_json
+    from peft_debias.loader.attach import check_mergeable, load_debias_adapter
+    from peft_debias.loader.checks import SAFETENSORS_FILE, backbone_fingerprint, read_adapter
+    from peft_debias.models.loading import load_model, weights_fingerprint
+
+    check_destination(output, overwrite=overwrite)
+    files = [read_adapter(a, adapter_revision, allow_pickle=allow_pickle) for a in adapters]
+    for adapter in files:  # before the (possibly large) base model is loaded
+        check_mergeable(adapter)
+    loaded = load_model(base, kind, revision=revision, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    base_info = {
+        "name": base,
+        "path": loaded.path,
+        "revision": revision,
+        "kind": loaded.kind.value,
+        "model_type": getattr(loaded.model.config, "model_type", None),
+        "weights_fingerprint": weights_fingerprint(loaded.model),
+        "backbone_fingerprint": backbone_fingerprint(loaded.model),
+    }
+    merged = load_debias_adapter(loaded.model, files, mode="merge", allow_base_mismatch=allow_base_mismatch)
+    axes = [a.axis or "unknown" for a in files]
+    info = {
+        "format_version": FORMAT_VERSION,
+        "artifact": "merged_model",
+        "axis": "+".join(axes),
+        "axes": axes,
+        "base_model": base_info,
+        "adapters": [
+            {
+                "source": a.source,
+                "revision": a.revision,
+                "axis": a.axis,
+                "method": a.method,
+                "peft_type": a.peft_type,
+                "weights_sha256": sha256_files([a.path / SAFETENSORS_FILE])
+                if (a.path / SAFETENSORS_FILE).is_file()
+                else None,
+                "debias_config": a.debias,
+            }
+            for a in files
+        ],
+        "merged": {
+            "weights_fingerprint": weights_fingerprint(merged),
+            "backbone_fingerprint": backbone_fingerprint(merged),
+        },
+        "versions": versions(),
+        "created": timestamp(),
+    }
+    with atomic_output(output, overwrite=overwrite, directory=True) as tmp:
+        merged.save_pretrained(str(tmp))
+        loaded.tokenizer.save_pretrained(str(tmp))
+        write_json(tmp / DEBIAS_CONFIG, info)
+    return info

@@ -1,0 +1,1 @@
+"""Models: loading (bundled aliases, Hub ids, local folders) and the PEFT method registry."""

