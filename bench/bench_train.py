@@ -100,7 +100,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from peft_debias.cda.corpora import CDAConfig, build_cda_dataset
+    from peft_debias.cda.dataset import CDAConfig, build_cda_dataset
     from peft_debias.train.loop import RowStream, _rows
 
     ds, _ = build_cda_dataset(args.corpus, CDAConfig(axis="gender", seed=0))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from peft_debias.core.version import __version__
 
 _EXPORTS = {
     "DebiasError": "peft_debias.core.errors",
@@ -19,7 +19,7 @@ _EXPORTS = {
     "load_axis_file": "peft_debias.cda.axes",
     "counterfactuals": "peft_debias.cda.swapping",
     "swap": "peft_debias.cda.swapping",
-    "build_cda_dataset": "peft_debias.cda.corpora",
+    "build_cda_dataset": "peft_debias.cda.dataset",
     "load_model": "peft_debias.models.loading",
     "train_adapter": "peft_debias.train.adapter",
     "TrainConfig": "peft_debias.train.adapter",

@@ -7,14 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from peft_debias.cda.corpora import (
-    CDAConfig,
-    build_cda_dataset,
-    flatten_for_lm,
-    iter_sentences,
-    sniff_text_format,
-    split_sentences,
-)
+from peft_debias.cda.corpora import iter_sentences, sniff_text_format, split_sentences
+from peft_debias.cda.dataset import CDAConfig, build_cda_dataset, flatten_for_lm
 from peft_debias.core.errors import DebiasError
 
 

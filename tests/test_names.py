@@ -6,7 +6,7 @@ import pytest
 from faker.providers.person.en_US import Provider
 
 from peft_debias.cda.axes import get_axis
-from peft_debias.cda.corpora import CDAConfig, build_cda_dataset
+from peft_debias.cda.dataset import CDAConfig, build_cda_dataset
 from peft_debias.cda.names import excluded_names, name_pairs, with_names
 from peft_debias.cda.swapping import counterfactuals, swap
 from peft_debias.core.errors import DebiasError

@@ -186,7 +186,7 @@ def test_results_must_fit_the_artifact(adapter, tiny_models, tmp_path) -> None:
 
 def test_hub_card_metadata(adapter) -> None:
     from peft_debias.cards.vector import render_debiased_card
-    from peft_debias.hub.publish import inspect_artifact
+    from peft_debias.hub.artifact import inspect_artifact
 
     artifact = inspect_artifact(adapter)
     local_card = ModelCard((adapter / "README.md").read_text())

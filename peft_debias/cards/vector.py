@@ -15,7 +15,7 @@ from typing import Any
 
 def light_versions() -> dict[str, str]:
     """Versions of the libraries that shape a vector result, read from package metadata (nothing imported)."""
-    from peft_debias import __version__
+    from peft_debias.core.version import __version__
 
     out = {"peft_debias": __version__, "python": platform.python_version()}
     for package in ("torch", "safetensors", "huggingface_hub", "transformers", "peft"):

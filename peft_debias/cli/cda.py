@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from peft_debias.cda.corpora import TEXT_FORMATS, CDAConfig
+from peft_debias.cda.corpora import TEXT_FORMATS
+from peft_debias.cda.dataset import CDAConfig
 
 HELP = "counterfactually augment a corpus (JSONL out: id, text, counterfactuals)"
 
@@ -38,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peft_debias.cda.corpora import build_cda_dataset, quiet_datasets
+    from peft_debias.cda.dataset import build_cda_dataset, quiet_datasets
     from peft_debias.core.atomic import atomic_output, check_destination
 
     check_destination(args.output, overwrite=args.overwrite)

@@ -17,8 +17,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from peft_debias import __version__
 from peft_debias.core.errors import DebiasError, one_line
+from peft_debias.core.version import __version__
 
 PROG = "peft-debias"
 COMMANDS: dict[str, str] = {

@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _floats(text: str | None, what: str) -> list[float] | None:
     """A comma list of finite numbers (``--lambda``, ``--weights``); None when the option is absent."""
-    from peft_debias.vector.bias_vector import check_scalar
+    from peft_debias.vector.meta import check_scalar
     from peft_debias.vector.sweep import parse_lambdas
 
     if text is None:
@@ -86,8 +86,9 @@ def _floats(text: str | None, what: str) -> list[float] | None:
 
 def load_source(item: str, base: Any, axis: str | None, exclude: list[str], allow_pickle: bool):
     """A bias vector from a saved vector folder, a LoRA adapter, or a biased model (minus ``base``)."""
-    from peft_debias.vector.bias_vector import VECTOR_JSON, BiasVector, _read_json
+    from peft_debias.vector.bias_vector import BiasVector
     from peft_debias.vector.folders import MODEL_PATTERNS, resolve_folder
+    from peft_debias.vector.meta import VECTOR_JSON, read_json
 
     folder = resolve_folder(item, patterns=[*MODEL_PATTERNS, "README.md"])
     if (folder / VECTOR_JSON).is_file():
@@ -96,7 +97,7 @@ def load_source(item: str, base: Any, axis: str | None, exclude: list[str], allo
         return vector
     if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
         return BiasVector.from_adapter(folder, axis=axis, exclude=exclude, allow_pickle=allow_pickle)
-    sidecar = _read_json(folder / "debias_config.json") or {}
+    sidecar = read_json(folder / "debias_config.json") or {}
     return BiasVector.from_models(
         base, item, axis=axis or sidecar.get("axis"), exclude=exclude, allow_pickle=allow_pickle
     )
@@ -104,8 +105,8 @@ def load_source(item: str, base: Any, axis: str | None, exclude: list[str], allo
 
 def run(args: argparse.Namespace) -> int:
     from peft_debias.core.atomic import check_destination
-    from peft_debias.vector.bias_vector import open_checkpoint
     from peft_debias.vector.combine import COMBINE_METHODS, combine
+    from peft_debias.vector.meta import open_checkpoint
     from peft_debias.vector.terms import DEFAULT_EXCLUDE
 
     lambdas = _floats(args.lambdas, "lambda")

@@ -293,7 +293,7 @@ def versions() -> dict[str, str]:
     import torch
     import transformers
 
-    from peft_debias import __version__
+    from peft_debias.core.version import __version__
 
     return {
         "peft_debias": __version__,

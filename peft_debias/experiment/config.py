@@ -266,7 +266,7 @@ class ExperimentConfig:
 
     def _validate_vector(self, source: str) -> None:
         from peft_debias.train.biased import BiasedConfig
-        from peft_debias.vector.bias_vector import check_scalar
+        from peft_debias.vector.meta import check_scalar
 
         vec = self.vector
         assert vec is not None

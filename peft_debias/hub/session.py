@@ -10,9 +10,10 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from peft_debias.core.errors import DebiasError, one_line
+from peft_debias.hub.artifact import is_stale
 
 if TYPE_CHECKING:
-    from peft_debias.hub.publish import Artifact
+    from peft_debias.hub.artifact import Artifact
 
 logger = logging.getLogger(__name__)
 
@@ -128,8 +129,6 @@ class HubSession:
     ) -> tuple[Any, list[str]]:
         """Create the repo if missing and commit the folder plus ``card`` as README.md in one commit."""
         from huggingface_hub import CommitOperationAdd, CommitOperationDelete
-
-        from peft_debias.hub.publish import is_stale
 
         self._call(repo_id, "creating", self.api.create_repo, repo_id, private=private, exist_ok=True)
         head, remote = self._head(repo_id, revision, private)

@@ -167,7 +167,7 @@ class TrainConfig:
         schedulers = [t.value for t in SchedulerType]
         if self.scheduler not in schedulers:
             raise DebiasError(f"unknown scheduler {self.scheduler!r}", f"use one of {', '.join(schedulers)}")
-        from peft_debias.cda.corpora import CDAConfig
+        from peft_debias.cda.dataset import CDAConfig
         from peft_debias.train.objectives import INVARIANCES, REGULARISERS
 
         if self.invariance not in INVARIANCES:

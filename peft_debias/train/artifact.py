@@ -7,15 +7,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from peft_debias.cards.adapter import render_adapter_card
+from peft_debias.cda.corpora import corpus_provenance
 from peft_debias.core.atomic import atomic_output
-from peft_debias.core.provenance import (
-    FORMAT_VERSION,
-    corpus_provenance,
-    render_adapter_card,
-    timestamp,
-    versions,
-    write_json,
-)
+from peft_debias.core.provenance import FORMAT_VERSION, timestamp, versions, write_json
 
 
 def adapter_info(

@@ -74,7 +74,7 @@ def run_training(config: TrainConfig, work: Path, step_callback: StepCallback | 
     from transformers import get_scheduler
 
     from peft_debias.cda.axes import get_axis
-    from peft_debias.cda.corpora import CDAConfig, build_cda_dataset
+    from peft_debias.cda.dataset import CDAConfig, build_cda_dataset
     from peft_debias.loader.checks import backbone_fingerprint
     from peft_debias.models.loading import ModelKind, load_model, weights_fingerprint
     from peft_debias.models.methods import MethodOptions, wrap_model

@@ -18,22 +18,17 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from peft_debias.cards.vector import light_versions, render_debiased_card, render_vector_card, timestamp
 from peft_debias.core.atomic import atomic_output, check_destination
 from peft_debias.core.errors import DebiasError
-from peft_debias.vector.bias_vector import (
-    FORMAT_VERSION,
-    VECTOR_JSON,
-    BiasVector,
-    VectorMeta,
-    _read_json,
-    open_checkpoint,
-)
+from peft_debias.models.loading import weights_fingerprint
 from peft_debias.vector.folders import copy_side_files, tied_aliases
+from peft_debias.vector.lora import LoraDelta, write_negated_adapter
+from peft_debias.vector.meta import FORMAT_VERSION, VECTOR_JSON, VectorMeta, open_checkpoint
 from peft_debias.vector.stream import (
     DEFAULT_CHUNK_BYTES,
     Checkpoint,
@@ -45,11 +40,13 @@ from peft_debias.vector.stream import (
 )
 from peft_debias.vector.terms import (
     CheckpointDiff,
-    StoredDelta,
     check_compatible,
     file_fingerprint,
     fingerprint_from_digests,
 )
+
+if TYPE_CHECKING:
+    from peft_debias.vector.bias_vector import BiasVector
 
 logger = logging.getLogger(__name__)
 
@@ -125,31 +122,11 @@ def merge_into_folder(
         for name, binfo in ckpt.tensors.items():
             source = name if name in vector else aliases.get(name)
             source = source if source in vector else None
-            digest = hashlib.sha256() if verify else None
-            for start, stop in row_blocks(binfo.shape, max(binfo.torch_dtype.itemsize, 4), chunk_bytes):
-                release_memory()
-                if source is None:
-                    block = ckpt.read(name, start, stop)
-                    if digest is not None:
-                        digest.update(block.reshape(-1).view(torch.uint8).numpy())
-                    writer.append(name, block)
-                    continue
-                pre = ckpt.read(source, start, stop, shared=True)
-                if digest is not None:
-                    own = pre if source == name else ckpt.read(name, start, stop)
-                    digest.update(own.reshape(-1).view(torch.uint8).numpy())
-                out = vector.rows(source, start, stop, scale).add_(pre.float()).to(binfo.torch_dtype)
-                if not bool(torch.isfinite(out).all()) and bool(torch.isfinite(pre).all()):
-                    raise DebiasError(
-                        f"base + {scale:g} * vector gives non-finite values in tensor {name} ({binfo.dtype} overflow, "
-                        "or NaN/inf in the vector or the biased model)",
-                        "use a smaller --lambda, or check the biased model's weights",
-                    )
-                writer.append(name, out)
+            hexdigest = _merge_tensor(ckpt, vector, name, source, scale, writer, verify, chunk_bytes)
             if source is not None:
                 changed, params = changed + 1, params + binfo.numel
-            if digest is not None:
-                digests[name] = digest.hexdigest()
+            if hexdigest is not None:
+                digests[name] = hexdigest
             bar.update(binfo.nbytes)
         bar.close()
         files = [p.name for p in writer.close()]
@@ -159,19 +136,51 @@ def merge_into_folder(
         (tmp / "README.md").write_text(render_debiased_card(data), encoding="utf-8")
         files += ["debias_config.json", "README.md"]
     ckpt.close()
-    matches = None
-    if verify:
-        matches = fingerprint_from_digests(digests, ckpt.tensors) == vbase["weights_fingerprint"]
-        if not matches:
-            logger.warning(
-                "the bias vector was made from %s (weights %s), not from these base weights: the result is "
-                "base + scale * vector all the same; check that this is what you want",
-                vbase.get("name"),
-                vbase.get("weights_fingerprint"),
-            )
+    matches = _base_matches(vbase, digests, ckpt) if verify else None
     result = MergeResult(Path(output), len(plan), changed, params, files, time.perf_counter() - started, matches)
     logger.info("wrote %s: %d of %d tensors changed, %.1f s", output, changed, len(plan), result.seconds)
     return result
+
+
+def _merge_tensor(ckpt, vector, name: str, source: str | None, scale: float, writer, verify: bool, chunk_bytes: int):
+    """Stream one tensor of ``base + scale * vector`` into ``writer``, a block of rows at a time; the sha256 of the
+    base tensor's bytes when ``verify`` (else None)."""
+    binfo = ckpt.tensors[name]
+    digest = hashlib.sha256() if verify else None
+    for start, stop in row_blocks(binfo.shape, max(binfo.torch_dtype.itemsize, 4), chunk_bytes):
+        release_memory()
+        if source is None:
+            block = ckpt.read(name, start, stop)
+            if digest is not None:
+                digest.update(block.reshape(-1).view(torch.uint8).numpy())
+            writer.append(name, block)
+            continue
+        pre = ckpt.read(source, start, stop, shared=True)
+        if digest is not None:
+            own = pre if source == name else ckpt.read(name, start, stop)
+            digest.update(own.reshape(-1).view(torch.uint8).numpy())
+        out = vector.rows(source, start, stop, scale).add_(pre.float()).to(binfo.torch_dtype)
+        if not bool(torch.isfinite(out).all()) and bool(torch.isfinite(pre).all()):
+            raise DebiasError(
+                f"base + {scale:g} * vector gives non-finite values in tensor {name} ({binfo.dtype} overflow, "
+                "or NaN/inf in the vector or the biased model)",
+                "use a smaller --lambda, or check the biased model's weights",
+            )
+        writer.append(name, out)
+    return digest.hexdigest() if digest is not None else None
+
+
+def _base_matches(vbase: dict[str, Any], digests: dict[str, str], ckpt) -> bool:
+    """Whether the streamed base weights are the ones the vector was made from (a warning when not)."""
+    matches = fingerprint_from_digests(digests, ckpt.tensors) == vbase["weights_fingerprint"]
+    if not matches:
+        logger.warning(
+            "the bias vector was made from %s (weights %s), not from these base weights: the result is "
+            "base + scale * vector all the same; check that this is what you want",
+            vbase.get("name"),
+            vbase.get("weights_fingerprint"),
+        )
+    return matches
 
 
 def debiased_info(vector, base, ckpt, scale, info, changed, params) -> dict[str, Any]:
@@ -219,11 +228,9 @@ def apply_to_module(vector: BiasVector, model: torch.nn.Module, scale: float, ch
                 "apply the vector to the model it was made from",
             )
     base = vector.meta.base
-    if check_base and base.get("fingerprint_method") == "state_dict" and base.get("weights_fingerprint"):
-        from peft_debias.models.loading import weights_fingerprint
-
-        if weights_fingerprint(model) != base["weights_fingerprint"]:
-            logger.warning("the bias vector was made from other base weights (%s)", base.get("name"))
+    known = check_base and base.get("fingerprint_method") == "state_dict" and base.get("weights_fingerprint")
+    if known and weights_fingerprint(model) != base["weights_fingerprint"]:
+        logger.warning("the bias vector was made from other base weights (%s)", base.get("name"))
     with torch.no_grad():
         for name in vector:
             param = params.get(name)
@@ -276,22 +283,8 @@ def save_vector(vector: BiasVector, path: Path, *, overwrite: bool, shard_size: 
     return path
 
 
-def load_vector(folder: Path) -> BiasVector:
-    """Read a vector folder written by :func:`save_vector` (tensors stay on disk until used)."""
-    data = _read_json(folder / VECTOR_JSON)
-    if data is None:
-        raise DebiasError(f"{folder} has no {VECTOR_JSON}", "pass a folder written by BiasVector.save or peft-debias")
-    if int(data.get("format_version", 0)) > FORMAT_VERSION:
-        raise DebiasError(f"{folder} has a newer format ({data.get('format_version')})", "upgrade peft-debias")
-    ckpt = Checkpoint.open(folder, prefix="vector")
-    fields = {k: data[k] for k in ("base", "axis", "exclude", "excluded_tensors", "tied") if k in data}
-    return BiasVector([(1.0, StoredDelta(ckpt, data.get("sources")))], VectorMeta(**fields))
-
-
 def write_adapter(vector: BiasVector, output: Path, scale: float, *, overwrite: bool) -> Path:
     """Write the PEFT adapter ``scale * V`` of a one-LoRA vector (see :meth:`BiasVector.to_adapter`)."""
-    from peft_debias.vector.lora import LoraDelta, write_negated_adapter
-
     if len(vector.terms) != 1 or not isinstance(vector.terms[0][1], LoraDelta):
         raise DebiasError(
             "only a vector made from one LoRA adapter can be written as an adapter",

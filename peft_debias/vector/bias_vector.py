@@ -18,19 +18,33 @@ import math
 import numbers
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from peft_debias.core.errors import DebiasError
+from peft_debias.models.loading import weights_fingerprint
+from peft_debias.vector.apply import apply_to_module, merge_into_folder, save_vector, write_adapter
 from peft_debias.vector.folders import resolve_folder, tied_aliases
+from peft_debias.vector.lora import LoraDelta
+from peft_debias.vector.meta import (
+    FORMAT_VERSION,
+    VECTOR_JSON,
+    VectorMeta,
+    _check_same_base,
+    base_info,
+    check_scalar,
+    open_checkpoint,
+    read_json,
+)
 from peft_debias.vector.stream import DEFAULT_CHUNK_BYTES, Checkpoint, TensorInfo, row_blocks
 from peft_debias.vector.terms import (
     DEFAULT_EXCLUDE,
     CheckpointDiff,
+    DenseDelta,
     ModuleDiff,
+    StoredDelta,
     Term,
     check_compatible,
     check_same_tensors,
@@ -38,44 +52,7 @@ from peft_debias.vector.terms import (
     is_excluded,
 )
 
-VECTOR_JSON = "bias_vector.json"
-FORMAT_VERSION = 1
 ModelLike = Any  # a folder / Hub id / bundled alias, a Checkpoint, a torch.nn.Module or a LoadedModel
-
-
-def check_scalar(value: Any, what: str = "lambda") -> float:
-    """A finite real number, else a :class:`DebiasError` (NaN or infinite strengths would silently break a model)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise DebiasError(f"{what} {value!r} is not a number", f"pass a finite {what} such as 1.0")
-    if not math.isfinite(float(value)):
-        raise DebiasError(f"{what} {value} is not a finite number", f"pass a finite {what} such as 1.0")
-    return float(value)
-
-
-@dataclass
-class VectorMeta:
-    """What a vector was made from (saved as ``bias_vector.json`` along with the format version)."""
-
-    base: dict[str, Any] = field(default_factory=dict)  # name, path, model_type, vocab_size, weights_fingerprint...
-    axis: str | None = None
-    exclude: list[str] = field(default_factory=list)  # regexes of the tensors left out
-    excluded_tensors: list[str] = field(default_factory=list)
-    tied: dict[str, str] = field(default_factory=dict)  # output embedding -> input embedding it follows
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def base_info(name: Any, folder: Any, config: dict[str, Any], fingerprint: str | None, method: str) -> dict[str, Any]:
-    return {
-        "name": str(name),
-        "path": str(folder),
-        "model_type": config.get("model_type"),
-        "architectures": config.get("architectures"),
-        "vocab_size": config.get("vocab_size"),
-        "weights_fingerprint": fingerprint,
-        "fingerprint_method": method,
-    }
 
 
 class BiasVector:
@@ -132,8 +109,6 @@ class BiasVector:
 
     @classmethod
     def _from_modules(cls, pre: torch.nn.Module, biased: torch.nn.Module, axis, patterns) -> BiasVector:
-        from peft_debias.models.loading import weights_fingerprint
-
         configs = [getattr(getattr(m, "config", None), "to_dict", dict)() for m in (pre, biased)]
         check_compatible(configs[0], configs[1], "the base model", "the biased model")
         pre_params, biased_params = dict(pre.named_parameters()), dict(biased.named_parameters())
@@ -157,11 +132,9 @@ class BiasVector:
         allow_pickle: bool = False,
     ) -> BiasVector:
         """The delta ``scaling * B @ A`` of a LoRA adapter trained to be biased (folder or Hub id)."""
-        from peft_debias.vector.lora import LoraDelta
-
         folder = resolve_folder(adapter, patterns=["*.json", "*.safetensors", "README.md"])
         term = LoraDelta(folder, exclusion_patterns(exclude), allow_pickle)
-        sidecar = _read_json(folder / "debias_config.json") or {}
+        sidecar = read_json(folder / "debias_config.json") or {}
         base = sidecar.get("base_model") or {}
         name = base.get("name") or term.config.get("base_model_name_or_path") or "unknown"
         info = base_info(name, base.get("path", ""), base, base.get("weights_fingerprint"), "state_dict")
@@ -172,9 +145,16 @@ class BiasVector:
     @classmethod
     def load(cls, path: str | os.PathLike) -> BiasVector:
         """Load a saved vector folder (``bias_vector.json`` + ``vector*.safetensors``)."""
-        from peft_debias.vector.apply import load_vector
-
-        return load_vector(Path(path))
+        folder = Path(path)
+        data = read_json(folder / VECTOR_JSON)
+        if data is None:
+            fix = "pass a folder written by BiasVector.save or peft-debias"
+            raise DebiasError(f"{folder} has no {VECTOR_JSON}", fix)
+        if int(data.get("format_version", 0)) > FORMAT_VERSION:
+            raise DebiasError(f"{folder} has a newer format ({data.get('format_version')})", "upgrade peft-debias")
+        ckpt = Checkpoint.open(folder, prefix="vector")
+        fields = {k: data[k] for k in ("base", "axis", "exclude", "excluded_tensors", "tied") if k in data}
+        return cls([(1.0, StoredDelta(ckpt, data.get("sources")))], VectorMeta(**fields))
 
     @classmethod
     def from_pretrained(cls, path_or_repo: str | os.PathLike, revision: str | None = None) -> BiasVector:
@@ -245,8 +225,6 @@ class BiasVector:
 
     def materialize(self) -> BiasVector:
         """A copy holding every tensor in memory (detaches it from the models or files it was read from)."""
-        from peft_debias.vector.terms import DenseDelta
-
         dense = DenseDelta({name: self.tensor(name) for name in self.keys()}, label="materialized")
         return BiasVector([(1.0, dense)], copy.deepcopy(self.meta))
 
@@ -316,8 +294,6 @@ class BiasVector:
         (folder, Hub id, ``bundled:`` alias) is streamed into ``output``, a complete model folder, atomically;
         the :class:`~peft_debias.vector.apply.MergeResult` is returned.
         """
-        from peft_debias.vector.apply import apply_to_module, merge_into_folder
-
         scale = check_scalar(scale, "scale")
         model = getattr(pre, "model", pre) if type(pre).__name__ == "LoadedModel" else pre
         if isinstance(model, torch.nn.Module):
@@ -343,8 +319,6 @@ class BiasVector:
     ) -> Path:
         """Write the vector folder: ``vector.safetensors`` (sharded past ``shard_size``), ``bias_vector.json``, and
         a model card; atomically. The saved tensors are the vector's current value (coefficients applied)."""
-        from peft_debias.vector.apply import save_vector
-
         return save_vector(self, Path(path), overwrite=overwrite, shard_size=shard_size, progress=progress)
 
     save_pretrained = save
@@ -352,46 +326,6 @@ class BiasVector:
     def to_adapter(self, output: str | os.PathLike, scale: float, *, overwrite: bool = False) -> Path:
         """Write a PEFT LoRA adapter whose update is ``scale * V`` (``scale=-lam`` debiases), for a vector made by
         :meth:`from_adapter`: B is scaled, A kept (never both)."""
-        from peft_debias.vector.apply import write_adapter
-
         return write_adapter(self, Path(output), check_scalar(scale, "scale"), overwrite=overwrite)
 
 
-def open_checkpoint(model: Any, allow_pickle: bool = False) -> Checkpoint:
-    """A :class:`Checkpoint` for a folder / Hub id / ``bundled:`` alias (or the checkpoint itself)."""
-    if isinstance(model, Checkpoint):
-        return model
-    folder = resolve_folder(model)
-    if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
-        raise DebiasError(f"{model} is an adapter, not a model", "use BiasVector.from_adapter for LoRA adapters")
-    if not (folder / "config.json").is_file():
-        raise DebiasError(f"{folder} holds no config.json", "pass a Hugging Face model folder")
-    checkpoint = Checkpoint.open(folder, allow_pickle=allow_pickle)
-    checkpoint.name = str(model)
-    return checkpoint
-
-
-def _check_same_base(a: dict[str, Any], b: dict[str, Any]) -> None:
-    fa, fb = a.get("weights_fingerprint"), b.get("weights_fingerprint")
-    if fa and fb and a.get("fingerprint_method") == b.get("fingerprint_method") and fa != fb:
-        raise DebiasError(
-            f"the vectors come from different base weights ({a.get('name')} {fa} vs {b.get('name')} {fb})",
-            "combine vectors made from the same base model",
-        )
-    if a.get("model_type") and b.get("model_type") and a["model_type"] != b["model_type"]:
-        raise DebiasError(
-            f"the vectors come from different architectures ({a['model_type']} vs {b['model_type']})",
-            "combine vectors made from the same base model",
-        )
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    import json
-
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise DebiasError(f"{path} is not valid JSON ({err})", "restore or re-create the file") from err
-    return data if isinstance(data, dict) else None

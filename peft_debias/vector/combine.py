@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from peft_debias.core.errors import DebiasError
-from peft_debias.vector.bias_vector import BiasVector, check_scalar
+from peft_debias.vector.bias_vector import BiasVector
+from peft_debias.vector.meta import check_scalar
 from peft_debias.vector.stream import TensorInfo, row_blocks
 from peft_debias.vector.terms import Term
 

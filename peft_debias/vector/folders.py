@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_debias.core.errors import DebiasError, one_line
+from peft_debias.models.loading import BUNDLED_PREFIX, bundled_model_path
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".index.json")
 
@@ -62,8 +63,6 @@ def resolve_folder(
 ) -> Path:
     """A local folder for a model or artifact: a folder, a ``bundled:`` alias, or a Hub repo id (downloaded, or
     taken from the Hub cache when ``HF_HUB_OFFLINE`` is set)."""
-    from peft_debias.models.loading import BUNDLED_PREFIX, bundled_model_path
-
     text = str(name)
     if text.startswith(BUNDLED_PREFIX):
         return bundled_model_path(text)

@@ -23,7 +23,8 @@ import torch
 
 from peft_debias.core.atomic import atomic_output
 from peft_debias.core.errors import DebiasError
-from peft_debias.vector.bias_vector import BiasVector, check_scalar
+from peft_debias.vector.bias_vector import BiasVector
+from peft_debias.vector.meta import check_scalar
 
 logger = logging.getLogger(__name__)
 
