@@ -69,6 +69,24 @@ def _label(handle: ModelHandle) -> str:
     return f"{handle.name} + {', '.join(Path(a['path']).name for a in handle.adapters)}"
 
 
+def _header(
+    handle: ModelHandle, label: str | None, names: list[str], axes: list[str], config: EvalConfig
+) -> dict[str, Any]:
+    """The results dict's fields that describe the run (the benchmark blocks are added after it)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "label": label or _label(handle),
+        "model": handle.name,
+        "model_kind": handle.kind.value,
+        "adapters": handle.adapters,
+        "benchmarks": names,
+        "axes": axes,
+        "config": {k: v for k, v in asdict(config).items() if k != "progress"},
+        "versions": versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
 def evaluate_bias(
     model: Any,
     tokenizer: Any = None,
@@ -126,18 +144,7 @@ def evaluate_bias(
         for name in names:
             data[name] = BENCHMARKS[name].load(source, config, axes_list)
     _check_kinds(names, handle.kind, handle.name)
-    results: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "label": label or _label(handle),
-        "model": handle.name,
-        "model_kind": handle.kind.value,
-        "adapters": handle.adapters,
-        "benchmarks": names,
-        "axes": axes_list,
-        "config": {k: v for k, v in asdict(config).items() if k != "progress"},
-        "versions": versions(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
+    results = _header(handle, label, names, axes_list, config)
     for name in names:
         payload, info = data[name]
         t0 = time.perf_counter()
