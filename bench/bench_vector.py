@@ -33,7 +33,8 @@ from pathlib import Path
 
 import torch
 
-from peft_debias.vector.stream import Checkpoint, ShardWriter
+from peft_debias.vector.shard_writer import ShardWriter
+from peft_debias.vector.stream import Checkpoint
 
 BERT_BASE = {"hidden": 768, "layers": 12, "intermediate": 3072, "vocab": 30522, "positions": 512, "types": 2}
 

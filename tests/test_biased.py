@@ -60,7 +60,7 @@ def test_original_stereoset_json(tmp_path: Path) -> None:
 
 def test_stereoset_halves_partition_the_items_the_eval_uses(data_dir: Path) -> None:
     """Biased training on the 'select' half leaves exactly the eval's 'report' half unseen."""
-    from peft_debias.eval.runner import EvalConfig, _load_stereoset
+    from peft_debias.eval.benchmarks import EvalConfig, _load_stereoset
     from peft_debias.eval.sources import DataSource
 
     path = data_dir / "stereoset" / "stereoset_dev_flat.jsonl"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,15 @@ def test_demo_report_and_results(demo_run) -> None:
     for name, test in encoder["seat"]["tests"].items():
         row = next(line for line in report.splitlines() if line.startswith(f"| {name} |"))
         assert row.rstrip(" |").endswith(f"{test['association_gap']:+.4f}")
+
+
+def test_demo_report_links_resolve(demo_run) -> None:
+    """Every relative link and image in report.md names a file the quick run wrote (the sweep's table and chart too)."""
+    out, _ = demo_run
+    targets = re.findall(r"\]\(([^)\s]+)\)", (out / "report.md").read_text())
+    relative = [t for t in targets if "://" not in t and not t.startswith("#")]
+    assert {"charts/bias.png", "sweep/sweep.md", "sweep/sweep.png"} <= set(relative)
+    assert [t for t in relative if not (out / t).is_file()] == []
 
 
 def test_demo_adapters_and_merged_model_load(demo_run, tiny_models: dict[str, Path]) -> None:

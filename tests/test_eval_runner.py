@@ -12,9 +12,9 @@ from eval_helpers import CROWS_KEEP, STEREOSET_KEEP, build_small_data, single_th
 from peft_debias import evaluate_bias as top_level_evaluate_bias
 from peft_debias.core.errors import DebiasError
 from peft_debias.eval import BENCHMARKS, EvalConfig, evaluate_bias, load_results, save_results
+from peft_debias.eval.benchmarks import Benchmark, register_benchmark
 from peft_debias.eval.report import markdown_report, plot_results, text_summary
 from peft_debias.eval.results import compare_results
-from peft_debias.eval.runner import Benchmark, register_benchmark
 from peft_debias.eval.stats import mcnemar_exact
 from peft_debias.models.loading import load_model
 

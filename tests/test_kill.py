@@ -31,7 +31,8 @@ from safetensors.torch import load_file
 from tiny_models import CORPUS
 
 from peft_debias.train.adapter import work_dir
-from peft_debias.vector.stream import Checkpoint, ShardWriter
+from peft_debias.vector.shard_writer import ShardWriter
+from peft_debias.vector.stream import Checkpoint
 
 KILLS = [2, pytest.param(6, marks=pytest.mark.slow)]
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from peft_debias.vector.stream import Checkpoint, ShardWriter
+from peft_debias.vector.shard_writer import ShardWriter
+from peft_debias.vector.stream import Checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 
 from peft_debias import BiasVector
 from peft_debias.core.errors import DebiasError
-from peft_debias.vector import stream
+from peft_debias.vector import shard_writer
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_existing_output_is_refused(models, tmp_path: Path) -> None:
 
 def test_disk_full_mid_write_leaves_nothing(models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"n": 0}
-    real_write = stream._write
+    real_write = shard_writer._write
 
     def failing(fh, data) -> None:
         calls["n"] += 1
@@ -121,7 +121,7 @@ def test_disk_full_mid_write_leaves_nothing(models, tmp_path: Path, monkeypatch:
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write(fh, data)
 
-    monkeypatch.setattr(stream, "_write", failing)
+    monkeypatch.setattr(shard_writer, "_write", failing)
     vector = BiasVector.from_models(models["llama"], models["llama_biased"])
     with pytest.raises(DebiasError, match="no space left"):
         vector.apply_to(models["llama"], scale=-1, output=tmp_path / "out", shard_size="20KB", progress=False)

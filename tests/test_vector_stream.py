@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from peft_debias.core.errors import DebiasError
-from peft_debias.vector.stream import DTYPE_NAMES, Checkpoint, ShardWriter, parse_size, row_blocks
+from peft_debias.vector.shard_writer import ShardWriter, parse_size
+from peft_debias.vector.stream import DTYPE_NAMES, Checkpoint, row_blocks
 
 
 def _tensors() -> dict[str, torch.Tensor]:
@@ -90,7 +91,7 @@ def test_parse_size_errors() -> None:
 _MAKE = """
 import json, sys, torch
 from pathlib import Path
-from peft_debias.vector.stream import ShardWriter
+from peft_debias.vector.shard_writer import ShardWriter
 root, mib = Path(sys.argv[1]), int(sys.argv[2])
 rows = 4096
 cols = mib * (1 << 20) // 4 // rows // 4  # four tensors

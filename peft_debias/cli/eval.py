@@ -134,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
         if args.compare:
             results["compare"] = compare_results(results, load_results(args.compare))
     else:
-        from peft_debias.eval.runner import EvalConfig, evaluate_bias
+        from peft_debias.eval.benchmarks import EvalConfig
+        from peft_debias.eval.runner import evaluate_bias
 
         if args.threads:
             import torch

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -68,13 +69,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The libraries' progress-bar switches, read when they are imported (the commands import them lazily, after this).
+_LIBRARY_BARS_ENV = ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS")
+
+
+def _quiet_library_bars() -> None:
+    """Only the CLI's own progress bars: none from transformers ("Loading weights", "Writing model shards"),
+    huggingface_hub or datasets, whatever the verbosity (a user's own setting of the variables wins).
+
+    transformers has no switch of its own that can be set before it is imported: it starts with huggingface_hub's
+    global one, so the environment variables cover it without importing anything here. When the libraries are
+    imported already (``main()`` called in a process that loaded them), their switches are turned directly.
+    """
+    ours = [name for name in _LIBRARY_BARS_ENV if os.environ.setdefault(name, "1") == "1"]
+    if "HF_HUB_DISABLE_PROGRESS_BARS" not in ours:
+        return
+    if "transformers" in sys.modules:  # also turns huggingface_hub's off
+        importlib.import_module("transformers.utils.logging").disable_progress_bar()
+    elif "huggingface_hub" in sys.modules:
+        importlib.import_module("huggingface_hub.utils").disable_progress_bars()
+
+
 def _configure_logging(verbose: int) -> None:
-    """Warnings only by default (commands print their own one-line summaries); ``-v`` INFO, ``-vv`` DEBUG."""
+    """Warnings only by default (commands print their own one-line summaries); ``-v`` INFO, ``-vv`` DEBUG; no
+    library progress bars (:func:`_quiet_library_bars`; the commands' own follow ``--no-progress``)."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("peft_debias").setLevel(level)
+    _quiet_library_bars()
     if verbose == 0:
-        import os
         import warnings
 
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

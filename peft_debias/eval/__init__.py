@@ -58,16 +58,16 @@ from typing import Any
 # import torch.
 _EXPORTS = {
     "AXES": "sources",
-    "BENCHMARKS": "runner",
-    "Benchmark": "runner",
-    "EvalConfig": "runner",
+    "BENCHMARKS": "benchmarks",
+    "Benchmark": "benchmarks",
+    "EvalConfig": "benchmarks",
     "SEAT_AXIS_TESTS": "seat",
     "compare_results": "results",
     "evaluate_bias": "runner",
     "load_results": "results",
     "markdown_report": "report",
     "plot_results": "report",
-    "register_benchmark": "runner",
+    "register_benchmark": "benchmarks",
     "save_results": "results",
 }
 

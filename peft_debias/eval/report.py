@@ -198,6 +198,86 @@ _PANELS = [  # (benchmark, figure, title, ideal line, interval key)
 ]
 
 
+def _error_bars(block: Mapping[str, Any], axes: Sequence[str], heights: Sequence[float], ci_key: str) -> Any:
+    """Bar error extents (2 x axes: below, above) from each axis's 95% interval; 0 where there is none."""
+    import numpy as np
+
+    lows, highs = [], []
+    for a, h in zip(axes, heights, strict=True):
+        ci = block.get(a, {}).get("ci95")
+        ci = ci.get(ci_key) if isinstance(ci, dict) else ci
+        ok = ci and None not in ci and np.isfinite(h)
+        lows.append(h - ci[0] if ok else 0.0)
+        highs.append(ci[1] - h if ok else 0.0)
+    return np.array([lows, highs])
+
+
+def _draw_panel(ax: Any, runs: Sequence[Mapping[str, Any]], labels: Sequence[str], panel: tuple, colors: Any) -> None:
+    """One benchmark figure: a group of bars per axis, one bar per run, and the ideal as a dashed line."""
+    import numpy as np
+
+    bench, key, name, ideal, ci_key = panel
+    axes = [a for a in AXES if any((r.get(bench) or {}).get("axes", {}).get(a) for r in runs)]
+    x = np.arange(len(axes))
+    width = 0.8 / len(runs)
+    for i, run in enumerate(runs):
+        block = (run.get(bench) or {}).get("axes", {})
+        values = [block.get(a, {}).get(key) for a in axes]
+        heights = [np.nan if v is None else v for v in values]
+        err = _error_bars(block, axes, heights, ci_key) if ci_key else None
+        ax.bar(
+            x + (i - (len(runs) - 1) / 2) * width,
+            heights,
+            width,
+            yerr=err,
+            capsize=3,
+            color=colors[i % len(colors)],
+            label=labels[i],
+        )
+    if ideal is not None:
+        ax.axhline(ideal, color="black", linestyle="--", linewidth=1)
+    ax.set_xticks(x, axes)
+    ax.set_title(name, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _draw_perplexity(ax: Any, runs: Sequence[Mapping[str, Any]], labels: Sequence[str], colors: Any) -> None:
+    """The perplexity panel: one bar per run."""
+    import numpy as np
+
+    values = [(r.get("perplexity") or {}).get("perplexity") for r in runs]
+    ax.bar(
+        np.arange(len(runs)),
+        [np.nan if v is None else v for v in values],
+        color=[colors[i % len(colors)] for i in range(len(runs))],
+    )
+    kinds = {(r.get("perplexity") or {}).get("kind", "perplexity") for r in runs} - {None}
+    ax.set_xticks(np.arange(len(runs)), labels, rotation=15, fontsize=8)
+    ax.set_title(f"{' / '.join(sorted(kinds)).replace('_', '-')} (lower is better)", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _legend_and_title(fig: Any, first_ax: Any, n_runs: int, title: str | None) -> list[Any]:
+    """The legend above the panels and the title; returned so that the tight bounding box keeps them."""
+    handles, names = first_ax.get_legend_handles_labels()
+    extra = []
+    if handles:  # above the panels; savefig's tight bounding box keeps it and trims the margins
+        extra.append(
+            fig.legend(
+                handles,
+                names,
+                loc="lower center",
+                bbox_to_anchor=(0.5, 1.0),
+                ncol=min(n_runs, 4),
+                fontsize=9,
+                frameon=False,
+            )
+        )
+    if title:
+        extra.append(fig.suptitle(title, y=1.04 if handles else 1.0))
+    return extra
+
+
 def plot_results(
     runs: Sequence[Mapping[str, Any]],
     output: str | os.PathLike,
@@ -211,7 +291,6 @@ def plot_results(
     Drawn on a bare :class:`matplotlib.figure.Figure` (Agg canvas), so no pyplot state or backend is touched.
     """
     import matplotlib
-    import numpy as np
     from matplotlib.figure import Figure
 
     if not runs:
@@ -229,69 +308,14 @@ def plot_results(
     fig = Figure(figsize=(6.4 * cols, 3.9 * rows))
     grid = fig.subplots(rows, cols, squeeze=False)
     colors = matplotlib.colormaps["tab10"].colors
-    width = 0.8 / len(runs)
-    for ax, (bench, key, name, ideal, ci_key) in zip(grid.flat, panels, strict=False):
-        axes = [a for a in AXES if any((r.get(bench) or {}).get("axes", {}).get(a) for r in runs)]
-        x = np.arange(len(axes))
-        for i, run in enumerate(runs):
-            block = (run.get(bench) or {}).get("axes", {})
-            values = [block.get(a, {}).get(key) for a in axes]
-            heights = [np.nan if v is None else v for v in values]
-            err = None
-            if ci_key:
-                lows, highs = [], []
-                for a, h in zip(axes, heights, strict=True):
-                    ci = block.get(a, {}).get("ci95")
-                    ci = ci.get(ci_key) if isinstance(ci, dict) else ci
-                    ok = ci and None not in ci and np.isfinite(h)
-                    lows.append(h - ci[0] if ok else 0.0)
-                    highs.append(ci[1] - h if ok else 0.0)
-                err = np.array([lows, highs])
-            ax.bar(
-                x + (i - (len(runs) - 1) / 2) * width,
-                heights,
-                width,
-                yerr=err,
-                capsize=3,
-                color=colors[i % len(colors)],
-                label=labels[i],
-            )
-        if ideal is not None:
-            ax.axhline(ideal, color="black", linestyle="--", linewidth=1)
-        ax.set_xticks(x, axes)
-        ax.set_title(name, fontsize=10)
-        ax.grid(axis="y", alpha=0.3)
+    for ax, panel in zip(grid.flat, panels, strict=False):
+        _draw_panel(ax, runs, labels, panel, colors)
     if has_ppl:
-        ax = grid.flat[len(panels)]
-        values = [(r.get("perplexity") or {}).get("perplexity") for r in runs]
-        ax.bar(
-            np.arange(len(runs)),
-            [np.nan if v is None else v for v in values],
-            color=[colors[i % len(colors)] for i in range(len(runs))],
-        )
-        kinds = {(r.get("perplexity") or {}).get("kind", "perplexity") for r in runs} - {None}
-        ax.set_xticks(np.arange(len(runs)), labels, rotation=15, fontsize=8)
-        ax.set_title(f"{' / '.join(sorted(kinds)).replace('_', '-')} (lower is better)", fontsize=10)
-        ax.grid(axis="y", alpha=0.3)
+        _draw_perplexity(grid.flat[len(panels)], runs, labels, colors)
     for ax in list(grid.flat)[n:]:
         ax.axis("off")
     fig.tight_layout()
-    handles, names = grid.flat[0].get_legend_handles_labels()
-    extra = []
-    if handles:  # above the panels; savefig's tight bounding box keeps it and trims the margins
-        extra.append(
-            fig.legend(
-                handles,
-                names,
-                loc="lower center",
-                bbox_to_anchor=(0.5, 1.0),
-                ncol=min(len(runs), 4),
-                fontsize=9,
-                frameon=False,
-            )
-        )
-    if title:
-        extra.append(fig.suptitle(title, y=1.04 if handles else 1.0))
+    extra = _legend_and_title(fig, grid.flat[0], len(runs), title)
     with atomic_output(output, overwrite=overwrite) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight", bbox_extra_artists=extra)
     return Path(output)

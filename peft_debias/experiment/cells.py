@@ -98,7 +98,8 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
 
 def evaluate_point(model: Any, tokenizer: Any, spec: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
     """The cell's evaluation of one model state: ``evaluate_bias`` plus the optional paraphrase check."""
-    from peft_debias.eval.runner import EvalConfig, evaluate_bias
+    from peft_debias.eval.benchmarks import EvalConfig
+    from peft_debias.eval.runner import evaluate_bias
     from peft_debias.models.loading import LoadedModel
 
     ev = spec["eval"]

@@ -162,7 +162,7 @@ class ExperimentConfig:
 
     def validate(self, source: str = "experiment config") -> ExperimentConfig:
         """Check names, numbers and the nested blocks (does not touch the file system)."""
-        from peft_debias.eval.runner import BENCHMARKS
+        from peft_debias.eval.benchmarks import BENCHMARKS
         from peft_debias.eval.sources import AXES
         from peft_debias.models.methods import METHODS
         from peft_debias.train.objectives import OBJECTIVES
@@ -239,7 +239,7 @@ class ExperimentConfig:
     def _validate_eval(self, source: str) -> None:
         from dataclasses import replace
 
-        from peft_debias.eval.runner import EvalConfig
+        from peft_debias.eval.benchmarks import EvalConfig
 
         if not isinstance(self.eval, dict):
             raise _err(f"{source}: eval must be a mapping of EvalConfig keys", "e.g. eval: {n_bootstrap: 1000}")

@@ -127,7 +127,7 @@ class _Expander:
     """Resolved pieces shared by all cells of a config."""
 
     def __init__(self, config: ExperimentConfig, data_dir: Path | None) -> None:
-        from peft_debias.eval.runner import EvalConfig
+        from peft_debias.eval.benchmarks import EvalConfig
 
         self.config, self.data_dir = config, data_dir
         self.models = {m: expand_path(m, data_dir, "model") for m in config.models}

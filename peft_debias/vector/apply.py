@@ -29,15 +29,8 @@ from peft_debias.models.loading import weights_fingerprint
 from peft_debias.vector.folders import copy_side_files, tied_aliases
 from peft_debias.vector.lora import LoraDelta, write_negated_adapter
 from peft_debias.vector.meta import FORMAT_VERSION, VECTOR_JSON, VectorMeta, open_checkpoint
-from peft_debias.vector.stream import (
-    DEFAULT_CHUNK_BYTES,
-    Checkpoint,
-    ShardWriter,
-    parse_size,
-    release_memory,
-    row_blocks,
-    single_thread,
-)
+from peft_debias.vector.shard_writer import ShardWriter, parse_size
+from peft_debias.vector.stream import DEFAULT_CHUNK_BYTES, Checkpoint, release_memory, row_blocks, single_thread
 from peft_debias.vector.terms import (
     CheckpointDiff,
     check_compatible,
