@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +32,11 @@ def adapter_info(
 ) -> dict[str, Any]:
     """The ``debias_config.json`` content of a trained adapter."""
     method: dict[str, Any] = {"name": config.method, "peft_type": peft_type}
+    options, objective_options = config.method_options, config.objective_options
     if config.method == "lora":
-        method.update(r=config.r, alpha=config.alpha, dropout=config.dropout, target_modules=config.target_modules)
+        method.update(r=options.r, alpha=options.alpha, dropout=options.dropout, target_modules=options.target_modules)
     elif config.method in ("prefix", "prompt"):
-        method.update(num_virtual_tokens=config.num_virtual_tokens)
+        method.update(num_virtual_tokens=options.num_virtual_tokens)
     return {
         "format_version": FORMAT_VERSION,
         "artifact": "adapter",
@@ -57,7 +57,7 @@ def adapter_info(
             "backbone_fingerprint": backbone_fp,
         },
         "corpus": corpus_provenance(config.corpus),
-        "cda": {"swapped": config.cda, "mode": config.cda_mode, **cda_stats.to_dict()},
+        "cda": {"swapped": config.cda, "mode": config.cda_options.mode, **cda_stats.to_dict()},
         "training": {
             "steps": result.steps,
             "seed": config.seed,
@@ -69,14 +69,14 @@ def adapter_info(
             "scheduler": config.scheduler,
             "warmup_ratio": config.warmup_ratio,
             "mixed_precision": config.mixed_precision,
-            "beta": config.beta,
-            "invariance": config.invariance,
-            "regulariser": config.regulariser,
+            "beta": objective_options.beta,
+            "invariance": objective_options.invariance,
+            "regulariser": objective_options.regulariser,
             "seconds_per_step": round(result.seconds_per_step, 4),
         },
         "metrics": {"train_loss": result.train_loss, "eval_loss": result.eval_loss},
         "rank_fingerprints": result.rank_fingerprints,
-        "train_config": {k: v for k, v in asdict(config).items() if k not in ("resume", "overwrite", "progress")},
+        "train_config": {k: v for k, v in config.to_dict().items() if k not in ("resume", "overwrite", "progress")},
         "versions": versions(),
         "created": timestamp(),
     }

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from peft_debias.core.errors import DebiasError
-from peft_debias.train.adapter import StepCallback, TrainConfig, TrainResult, expected_world_size
+from peft_debias.train.config import StepCallback, TrainConfig, TrainResult, expected_world_size
 from peft_debias.train.objectives import compute_loss
 
 logger = logging.getLogger(__name__)
@@ -74,11 +74,11 @@ def run_training(config: TrainConfig, work: Path, step_callback: StepCallback | 
     from transformers import get_scheduler
 
     from peft_debias.cda.axes import get_axis
-    from peft_debias.cda.corpora import CDAConfig, build_cda_dataset
+    from peft_debias.cda.corpora import build_cda_dataset
     from peft_debias.loader.checks import backbone_fingerprint
     from peft_debias.models.loading import ModelKind, load_model, weights_fingerprint
-    from peft_debias.models.methods import MethodOptions, wrap_model
-    from peft_debias.train.objectives import ObjectiveConfig, check_objective, collate, default_objective
+    from peft_debias.models.methods import wrap_model
+    from peft_debias.train.objectives import check_objective, collate, default_objective
 
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -92,16 +92,8 @@ def run_training(config: TrainConfig, work: Path, step_callback: StepCallback | 
     set_seed(config.seed)
     axis = get_axis(config.axis)
     # The corpus is read before the (possibly large) model is loaded, so that a bad corpus fails fast.
-    cda_cfg = CDAConfig(
-        axis=config.axis,
-        mode=config.cda_mode,
-        keep_ratio=config.keep_ratio,
-        names=config.names,
-        max_sentences=config.max_sentences,
-        seed=config.seed,
-    )
     with accelerator.main_process_first():
-        ds, cda_stats = build_cda_dataset(config.corpus, cda_cfg, progress=config.progress and rank == 0)
+        ds, cda_stats = build_cda_dataset(config.corpus, config.cda_config(), progress=config.progress and rank == 0)
     loaded = load_model(
         config.base,
         config.kind,
@@ -111,31 +103,16 @@ def run_training(config: TrainConfig, work: Path, step_callback: StepCallback | 
     )
     kind: ModelKind = loaded.kind
     objective = config.objective or default_objective(kind)
-    check_objective(objective, kind, config.invariance, config.regulariser)
+    check_objective(objective, kind, config.objective_options.invariance, config.objective_options.regulariser)
     if objective in ("mlm", "counterfactual") and kind is ModelKind.MASKED_LM and loaded.tokenizer.mask_token is None:
         raise DebiasError("the tokenizer has no mask token", "use a masked LM with a [MASK] token")
     base_fingerprint = weights_fingerprint(loaded.model)
     backbone_fp = backbone_fingerprint(loaded.model)  # equal across heads: the downstream loader's base check
-    options = MethodOptions(
-        r=config.r,
-        alpha=config.alpha,
-        dropout=config.dropout,
-        target_modules=config.target_modules,
-        num_virtual_tokens=config.num_virtual_tokens,
-        prompt_init_text=config.prompt_init_text,
-    )
-    model = wrap_model(loaded.model, config.method, kind, options, base_name=loaded.path)
+    model = wrap_model(loaded.model, config.method, kind, config.method_options, base_name=loaded.path)
     tokenizer = loaded.tokenizer
     from peft_debias.models.limits import max_positions
 
-    obj_cfg = ObjectiveConfig(
-        mlm_probability=config.mlm_probability,
-        whole_word_mask=config.whole_word_mask,
-        beta=config.beta,
-        invariance=config.invariance,
-        regulariser=config.regulariser,
-        max_length=min(config.max_length, max_positions(loaded.model, loaded.tokenizer)),
-    )
+    obj_cfg = config.objective_config(min(config.max_length, max_positions(loaded.model, loaded.tokenizer)))
 
     n_eval = min(config.eval_max_rows, int(len(ds) * config.eval_fraction)) if len(ds) > 1 else 0
     train_rows = _rows(ds.select(range(n_eval, len(ds))), objective, config.cda)
@@ -281,9 +258,7 @@ class _null:
 
 
 def _jsonable(config: TrainConfig) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return json.loads(json.dumps(asdict(config), default=str))
+    return json.loads(json.dumps(config.to_dict(), default=str))
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
