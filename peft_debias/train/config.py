@@ -296,3 +296,25 @@ def expected_world_size(config: TrainConfig) -> int | None:
         return config.world_size
     env = os.environ.get("WORLD_SIZE")
     return int(env) if env and env.isdigit() else None
+
+
+@dataclass
+class Trained:
+    """A finished run, handed to the writer of its output folder (on the main process only)."""
+
+    config: TrainConfig
+    work: Path  # the work folder (its training_log.jsonl goes into the output)
+    model: Any  # the trained model (a PeftModel, or the fully fine-tuned model), unwrapped, in eval mode
+    tokenizer: Any
+    loaded: Any  # the LoadedModel of the base
+    objective: str
+    axis: Any  # the BiasAxis, or None when the caller gave the training text (the axis is then a label)
+    data: dict[str, Any]  # CDA statistics, or the counts of the given sentences
+    base_fingerprint: str
+    backbone_fingerprint: str
+    result: TrainResult
+    world: int
+
+
+# Writes the output folder of a finished run (default: the adapter artifact, peft_debias.train.artifact).
+Writer = Callable[[Trained], None]
