@@ -101,10 +101,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from peft_debias.cda.dataset import CDAConfig, build_cda_dataset
-    from peft_debias.train.loop import RowStream, _rows
+    from peft_debias.train.data import RowStream, training_rows
 
     ds, _ = build_cda_dataset(args.corpus, CDAConfig(axis="gender", seed=0))
-    pool = [r["text"] for r in _rows(ds, "clm", True)]
+    pool = [r["text"] for r in training_rows(ds, "clm", True)]
     order = RowStream(len(pool), 0).take(0, args.steps * args.batch_size)  # the rows our loop sees, in its order
     rows = [pool[i] for i in order]
     ref_times, our_times = [], []

@@ -8,7 +8,8 @@ import torch
 from peft_debias.core.errors import DebiasError
 from peft_debias.models.loading import ModelKind, load_model
 from peft_debias.models.methods import LORA_TARGETS, MethodOptions, build_peft_config, get_method
-from peft_debias.train.loop import RowStream, _rows
+from peft_debias.train.data import RowStream
+from peft_debias.train.data import training_rows as _rows
 from peft_debias.train.objectives import (
     ObjectiveConfig,
     _aligned_positions,

@@ -152,6 +152,41 @@ def test_resume_is_bit_identical(tiny_models, corpus, tmp_path, monkeypatch, nam
     assert log == [1, 2, 3, 4, 5, 6]
 
 
+def test_full_fine_tuning_is_a_method_of_the_same_loop(tiny_models, corpus, tmp_path, monkeypatch) -> None:
+    """``full`` (the biased model's method) trains every weight with the loop's checkpoints: a resume is exact."""
+    from peft_debias.train import loop as trainer_loop
+    from peft_debias.train.artifact import write_folder
+
+    texts = [line for line in corpus.read_text().splitlines() if line]
+    kw = dict(method="full", max_steps=6, save_every=2, grad_accum=2, cda=False, lr=1e-3, eval_every=0)
+
+    def write(trained) -> None:
+        write_folder(trained, {"method": "full"}, "", lambda folder: trained.model.save_pretrained(str(folder)))
+
+    trainer_loop.train(_config(tiny_models["llama"], corpus, tmp_path / "ref", **kw), texts=texts, write=write)
+    real, calls = trainer_loop.compute_loss, {"n": 0}
+
+    def dies_at_step_five(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 4 * 2 + 1:
+            raise _Killed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_loop, "compute_loss", dies_at_step_five)
+    with pytest.raises(_Killed):
+        trainer_loop.train(_config(tiny_models["llama"], corpus, tmp_path / "run", **kw), texts=texts, write=write)
+    assert sorted(p.name for p in (work_dir(tmp_path / "run") / "checkpoints").iterdir()) == ["step-00000004"]
+    monkeypatch.setattr(trainer_loop, "compute_loss", real)
+    resumed = _config(tiny_models["llama"], corpus, tmp_path / "run", resume=True, **kw)
+    trainer_loop.train(resumed, texts=texts, write=write)
+    ref, got = load_file(tmp_path / "ref" / "model.safetensors"), load_file(tmp_path / "run" / "model.safetensors")
+    base = load_file(tiny_models["llama"] / "model.safetensors")
+    assert ref.keys() == got.keys() == base.keys()  # every weight, under the base's names
+    assert all(torch.equal(ref[k], got[k]) for k in ref) and not all(torch.equal(ref[k], base[k]) for k in ref)
+    with pytest.raises(DebiasError, match="unknown method 'full'"):  # adapters only through train_adapter
+        train_adapter(_config(tiny_models["llama"], corpus, tmp_path / "adapter", method="full"))
+
+
 def test_resume_with_a_different_config_is_refused(tiny_models, corpus, tmp_path, monkeypatch) -> None:
     from peft_debias.train import loop as trainer_loop
 

@@ -1,6 +1,6 @@
 """``peft-debias train``: train a per-axis debiasing adapter (PEFTDebias upstream).
 
-Every :class:`~peft_debias.train.adapter.TrainConfig` field is an option (``max_steps`` -> ``--max-steps``); a YAML
+Every flat key of :class:`~peft_debias.train.config.TrainConfig` is an option (``max_steps`` -> ``--max-steps``); a YAML
 ``--recipe`` sets defaults that explicit options override. Runs as is or under ``accelerate launch``.
 """
 
@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from peft_debias.cli.options import add_dataclass_arguments
-from peft_debias.train.adapter import TrainConfig
+from peft_debias.train.config import FLAT_KEYS, TrainConfig
 
 HELP = "train a debiasing adapter (LoRA / prefix / prompt / IA3) for one bias axis on CDA text"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", help="YAML file with TrainConfig keys (options given here override it)")
-    add_dataclass_arguments(parser, TrainConfig)
+    add_dataclass_arguments(parser, TrainConfig.flat_options())
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
@@ -55,9 +54,8 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Defaults < recipe < command-line options."""
-    names = {f.name for f in fields(TrainConfig)}
     values: dict[str, Any] = load_recipe(args.recipe) if getattr(args, "recipe", None) else {}
-    values.update({k: v for k, v in vars(args).items() if k in names})
+    values.update({k: v for k, v in vars(args).items() if k in FLAT_KEYS})
     return TrainConfig.from_dict(values, source=f"recipe {args.recipe}" if getattr(args, "recipe", None) else "config")
 
 

@@ -195,10 +195,10 @@ class ExperimentConfig:
         return self
 
     def _validate_train(self, source: str) -> None:
-        from peft_debias.train.adapter import TrainConfig
+        from peft_debias.train.config import FLAT_KEYS, TrainConfig
 
         blocks = {"train": self.train, **{f"method_train.{m}": v for m, v in (self.method_train or {}).items()}}
-        tunable = sorted(f.name for f in fields(TrainConfig) if f.name not in GRID_TRAIN_KEYS)
+        tunable = sorted(name for name in FLAT_KEYS if name not in GRID_TRAIN_KEYS)
         for where, block in blocks.items():
             if not isinstance(block, dict):
                 raise _err(f"{source}: {where} must be a mapping", "write TrainConfig keys under it")
@@ -230,7 +230,7 @@ class ExperimentConfig:
 
     def max_steps_values(self) -> list[int | None]:
         """Every ``max_steps`` a cell can get (train block, per-method blocks and searched values)."""
-        from peft_debias.train.adapter import TrainConfig
+        from peft_debias.train.config import TrainConfig
 
         base = self.train.get("max_steps", TrainConfig.max_steps)
         values = [m.get("max_steps", base) for m in (self.method_train or {}).values()] + [base]

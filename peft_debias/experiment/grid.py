@@ -43,7 +43,7 @@ _LATER_TRAIN_DEFAULTS = {"invariance": "distribution", "names": 0, "regulariser"
 def _train_spec(train: Any) -> dict[str, Any]:
     return {
         k: v
-        for k, v in asdict(train).items()
+        for k, v in train.to_dict().items()
         if k not in _VOLATILE_TRAIN and not (k in _LATER_TRAIN_DEFAULTS and v == _LATER_TRAIN_DEFAULTS[k])
     }
 
@@ -164,7 +164,7 @@ def _cell(kind: str, slug: str, model: str, axis: str | None, config: str, role:
 
 def expand_grid(config: ExperimentConfig, data_dir: str | Path | None = None) -> list[Cell]:
     """All cells of the experiment, baselines first, then adapter cells, then vector cells (stable order)."""
-    from peft_debias.train.adapter import TrainConfig
+    from peft_debias.train.config import TrainConfig
 
     data = Path(data_dir).resolve() if data_dir is not None else None
     ex = _Expander(config, data)
@@ -190,7 +190,7 @@ def expand_grid(config: ExperimentConfig, data_dir: str | Path | None = None) ->
                     "model": ex.models[model], "axis": axis, "method": method, "objective": objective,
                     "variant": variant, "role": role, "seed": seed, "steps": steps,
                     "train": _train_spec(train),
-                    "runtime": {k: v for k, v in asdict(train).items() if k in _VOLATILE_TRAIN - {"output"}},
+                    "runtime": {k: v for k, v in train.to_dict().items() if k in _VOLATILE_TRAIN - {"output"}},
                     "eval": ex.eval_spec([axis]), "paraphrase": config.paraphrase,
                 }  # fmt: skip
                 tag = "cda" if role == "treatment" else "control"

@@ -8,11 +8,12 @@ Task types follow DESIGN.md: there is no masked-LM task type in peft, so masked 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from peft_debias.core.errors import DebiasError, one_line
 from peft_debias.models.loading import ModelKind
+from peft_debias.models.options import MethodOptions
 
 # Attention projections per architecture (model_type): LoRA targets (query/value as in PEFTDebias) and IA3 targets.
 LORA_TARGETS: dict[str, list[str]] = {
@@ -37,18 +38,6 @@ IA3_TARGETS: dict[str, tuple[list[str], list[str]]] = {
     "llama": (["k_proj", "v_proj", "down_proj"], ["down_proj"]),
     "gpt2": (["c_attn", "mlp.c_proj"], ["mlp.c_proj"]),
 }
-
-
-@dataclass
-class MethodOptions:
-    """Hyper-parameters of the PEFT module (each method reads the ones it uses)."""
-
-    r: int = field(default=8, metadata={"help": "LoRA rank"})
-    alpha: int = field(default=8, metadata={"help": "LoRA alpha (scaling = alpha / r)"})
-    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
-    target_modules: list[str] | None = field(default=None, metadata={"help": "override the per-architecture targets"})
-    num_virtual_tokens: int = field(default=24, metadata={"help": "prefix / prompt length (PEFTDebias: 24)"})
-    prompt_init_text: str | None = field(default=None, metadata={"help": "initialise prompt tuning from this text"})
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,95 +11,78 @@ from peft_debias.cards.adapter import render_adapter_card
 from peft_debias.cda.corpora import corpus_provenance
 from peft_debias.core.atomic import atomic_output
 from peft_debias.core.provenance import FORMAT_VERSION, timestamp, versions, write_json
+from peft_debias.train.config import Trained
 
 
-def adapter_info(
-    config,
-    loaded,
-    kind,
-    objective: str,
-    axis,
-    cda_stats,
-    base_fingerprint: str,
-    result,
-    world: int,
-    peft_type: str,
-    backbone_fp: str | None = None,
-) -> dict[str, Any]:
+def adapter_info(trained: Trained, peft_type: str) -> dict[str, Any]:
     """The ``debias_config.json`` content of a trained adapter."""
+    config, loaded, result, axis = trained.config, trained.loaded, trained.result, trained.axis
+    options, objective_options = config.method_options, config.objective_options
     method: dict[str, Any] = {"name": config.method, "peft_type": peft_type}
     if config.method == "lora":
-        method.update(r=config.r, alpha=config.alpha, dropout=config.dropout, target_modules=config.target_modules)
+        method.update(r=options.r, alpha=options.alpha, dropout=options.dropout, target_modules=options.target_modules)
     elif config.method in ("prefix", "prompt"):
-        method.update(num_virtual_tokens=config.num_virtual_tokens)
+        method.update(num_virtual_tokens=options.num_virtual_tokens)
     return {
         "format_version": FORMAT_VERSION,
         "artifact": "adapter",
         "paper": "peftdebias",
-        "axis": axis.name,
-        "classes": list(axis.classes),
-        "n_groups": len(axis.groups),
-        "axis_fingerprint": axis.fingerprint,
+        "axis": axis.name if axis is not None else config.axis,
+        "classes": list(axis.classes) if axis is not None else [],
+        "n_groups": len(axis.groups) if axis is not None else 0,
+        "axis_fingerprint": axis.fingerprint if axis is not None else None,
         "method": method,
-        "objective": objective,
+        "objective": trained.objective,
         "base_model": {
             "name": config.base,
             "path": loaded.path,
             "revision": config.revision,
-            "kind": kind.value,
+            "kind": loaded.kind.value,
             "model_type": getattr(loaded.model.config, "model_type", None),
-            "weights_fingerprint": base_fingerprint,
-            "backbone_fingerprint": backbone_fp,
+            "weights_fingerprint": trained.base_fingerprint,
+            "backbone_fingerprint": trained.backbone_fingerprint,
         },
         "corpus": corpus_provenance(config.corpus),
-        "cda": {"swapped": config.cda, "mode": config.cda_mode, **cda_stats.to_dict()},
+        "cda": {"swapped": config.cda, "mode": config.cda_options.mode, **trained.data},
         "training": {
             "steps": result.steps,
             "seed": config.seed,
             "lr": config.lr,
             "batch_size": config.batch_size,
             "grad_accum": config.grad_accum,
-            "world_size": world,
+            "world_size": trained.world,
             "max_length": config.max_length,
             "scheduler": config.scheduler,
             "warmup_ratio": config.warmup_ratio,
             "mixed_precision": config.mixed_precision,
-            "beta": config.beta,
-            "invariance": config.invariance,
-            "regulariser": config.regulariser,
+            "beta": objective_options.beta,
+            "invariance": objective_options.invariance,
+            "regulariser": objective_options.regulariser,
             "seconds_per_step": round(result.seconds_per_step, 4),
         },
         "metrics": {"train_loss": result.train_loss, "eval_loss": result.eval_loss},
         "rank_fingerprints": result.rank_fingerprints,
-        "train_config": {k: v for k, v in asdict(config).items() if k not in ("resume", "overwrite", "progress")},
+        "train_config": {k: v for k, v in config.to_dict().items() if k not in ("resume", "overwrite", "progress")},
         "versions": versions(),
         "created": timestamp(),
     }
 
 
-def write_artifact(
-    config,
-    work: Path,
-    model,
-    loaded,
-    kind,
-    objective,
-    axis,
-    cda_stats,
-    base_fingerprint,
-    result,
-    world: int,
-    backbone_fp: str | None = None,
-) -> None:
-    """Save the adapter folder at ``config.output`` (complete or absent)."""
-    peft_type = str(model.peft_config["default"].peft_type.value)
-    info = adapter_info(
-        config, loaded, kind, objective, axis, cda_stats, base_fingerprint, result, world, peft_type, backbone_fp
-    )
+def write_folder(trained: Trained, info: dict[str, Any], card: str, save: Callable[[Path], None]) -> None:
+    """Write ``config.output`` (complete or absent): ``save(folder)`` puts the weights there, then
+    ``debias_config.json``, the training log and the card ``README.md``."""
+    config = trained.config
     with atomic_output(config.output, overwrite=config.overwrite, directory=True) as tmp:
-        model.save_pretrained(str(tmp))
+        save(tmp)
         write_json(tmp / "debias_config.json", info)
-        log = work / "training_log.jsonl"
+        log = trained.work / "training_log.jsonl"
         if log.exists():
             shutil.copyfile(log, tmp / "training_log.jsonl")
-        (tmp / "README.md").write_text(render_adapter_card(info), encoding="utf-8")
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+
+
+def write_artifact(trained: Trained) -> None:
+    """Save the adapter folder at ``config.output`` (the loop's default writer)."""
+    model = trained.model
+    info = adapter_info(trained, str(model.peft_config["default"].peft_type.value))
+    write_folder(trained, info, render_adapter_card(info), lambda folder: model.save_pretrained(str(folder)))

@@ -5,11 +5,11 @@ Continue language-model training (masked or causal) of the base on stereotyped t
 intrasentence items with the blank filled by the *stereotype* option, for one bias type or all of them. Any
 corpus (files, folders, Hub datasets; :func:`peft_debias.cda.corpora.iter_sentences`) can be given instead.
 
-Full fine-tuning runs a small seeded accelerate loop here (data order from :class:`~peft_debias.train.loop.RowStream`,
-losses from :mod:`peft_debias.train.objectives`); ``method="lora"`` delegates to
-:func:`peft_debias.train.adapter.train_adapter`
-with CDA off and every sentence kept, so the adapter learns the text as it is. The output folder (a model, or a
-LoRA adapter) carries ``debias_config.json`` with ``"artifact": "biased_model"`` / ``"biased_adapter"``.
+Both methods run the training loop of the adapters (:func:`peft_debias.train.loop.train`: same seeding,
+checkpoints, accelerate handling and log) on the sentences as they are, CDA off: ``method="full"`` fine-tunes every
+weight and saves the model with the base's tensor names (so :class:`~peft_debias.vector.bias_vector.BiasVector` can
+subtract the two), ``"lora"`` trains a LoRA adapter. The output folder carries ``debias_config.json`` with
+``"artifact": "biased_model"`` / ``"biased_adapter"``.
 """
 
 from __future__ import annotations
@@ -17,20 +17,23 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from peft_debias.core.errors import DebiasError
+from peft_debias.train.artifact import adapter_info, write_folder
+from peft_debias.train.config import FLAT_KEYS, TrainConfig, Trained, Writer
+from peft_debias.train.data import split_sentences as split_sentences
 
 logger = logging.getLogger(__name__)
 
 STEREOSET_FILE = "stereoset/stereoset_dev_flat.jsonl"
 STEREOSET_TYPES = ("gender", "race", "religion", "profession")
 METHODS = ("full", "lora")
+DEFAULT_LR = {"full": 5e-5, "lora": 2e-4}
 
 
 @dataclass
@@ -149,14 +152,6 @@ def training_sentences(config: BiasedConfig) -> tuple[list[str], dict[str, Any]]
     return sentences, {**info, "sentences": len(sentences)}
 
 
-def split_sentences(sentences: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Seeded shuffle, then (train, held-out)."""
-    order = list(range(len(sentences)))
-    random.Random(seed).shuffle(order)
-    n_eval = int(len(sentences) * fraction) if len(sentences) > 1 else 0
-    return [sentences[i] for i in order[n_eval:]], [sentences[i] for i in order[:n_eval]]
-
-
 @dataclass
 class BiasedResult:
     """What :func:`train_biased` produced."""
@@ -172,6 +167,8 @@ class BiasedResult:
 def train_biased(config: BiasedConfig | None = None, **overrides: Any) -> BiasedResult:
     """Train a biased model (``method="full"``) or LoRA adapter (``"lora"``) and write it to ``config.output``."""
     from peft_debias.core.atomic import check_destination
+    from peft_debias.train.loop import train
+    from peft_debias.train.work import work_dir
 
     config = config or BiasedConfig()
     for key, value in overrides.items():
@@ -182,73 +179,87 @@ def train_biased(config: BiasedConfig | None = None, **overrides: Any) -> Biased
     check_destination(config.output, overwrite=config.overwrite)
     sentences, corpus_info = training_sentences(config)
     started = time.perf_counter()
-    if config.method == "lora":
-        result = _train_lora(config, sentences, corpus_info)
-    else:
-        from peft_debias.train.biased_loop import train_full
-
-        result = train_full(config, sentences, corpus_info)
-    result.seconds = time.perf_counter() - started
-    return result
+    shutil.rmtree(work_dir(config.output), ignore_errors=True)  # biased runs never resume: a killed one's work goes
+    trained = train(_train_config(config, len(sentences)), texts=sentences, write=_writer(config, corpus_info))
+    seconds = time.perf_counter() - started
+    return BiasedResult(
+        Path(config.output), trained.steps, trained.train_loss, trained.eval_loss, seconds, len(sentences)
+    )
 
 
-def _train_lora(config: BiasedConfig, sentences: list[str], corpus_info: dict[str, Any]) -> BiasedResult:
-    from peft_debias.cda.axes import list_axes
-    from peft_debias.core.atomic import atomic_output
-    from peft_debias.train.adapter import TrainConfig, train_adapter
+def _train_config(config: BiasedConfig, n_sentences: int) -> TrainConfig:
+    """The loop's config: every shared option as given, CDA off, a log line per step, held-out loss at the end."""
+    shared = {k: v for k, v in asdict(config).items() if k in FLAT_KEYS and k not in ("corpus", "lr")}
+    return TrainConfig(
+        **shared,
+        lr=config.lr or DEFAULT_LR[config.method],
+        cda=False,
+        eval_max_rows=n_sentences,  # the held-out share of the sentences, uncapped
+        eval_every=0,
+        save_every=0,
+        log_every=1,
+    )
 
-    lr = config.lr or 2e-4
-    with atomic_output(config.output, overwrite=config.overwrite, directory=True) as tmp:
-        corpus = tmp / ".corpus.jsonl"
-        corpus.write_text("".join(json.dumps({"text": s}) + "\n" for s in sentences), encoding="utf-8")
-        train = TrainConfig(
-            base=config.base,
-            axis=config.axis if config.axis in list_axes() else "gender",  # only a label: CDA is off
-            corpus=[str(corpus)],
-            output=str(tmp / "adapter"),
-            method="lora",
-            objective=config.objective,
-            kind=config.kind,
-            max_steps=config.max_steps,
-            epochs=config.epochs,
-            lr=lr,
-            weight_decay=config.weight_decay,
-            scheduler=config.scheduler,
-            warmup_ratio=config.warmup_ratio,
-            max_grad_norm=config.max_grad_norm,
-            batch_size=config.batch_size,
-            grad_accum=config.grad_accum,
-            max_length=config.max_length,
-            seed=config.seed,
-            eval_fraction=config.eval_fraction,
-            cda=False,
-            keep_ratio=1.0,
-            r=config.r,
-            alpha=config.alpha,
-            target_modules=config.target_modules,
-            mlm_probability=config.mlm_probability,
-            revision=config.revision,
-            trust_remote_code=config.trust_remote_code,
-            allow_pickle=config.allow_pickle,
-            save_every=0,
-            progress=config.progress,
-        )
-        trained = train_adapter(train)
-        for item in (tmp / "adapter").iterdir():
-            shutil.move(str(item), str(tmp / item.name))
-        (tmp / "adapter").rmdir()
-        corpus.unlink()
-        info = json.loads((tmp / "debias_config.json").read_text(encoding="utf-8"))
-        info.update(
-            artifact="biased_adapter",
-            paper="bias_vector",
-            axis=config.axis,
-            corpus=corpus_info,
-            biased_config=_jsonable(config),
-        )
-        (tmp / "debias_config.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        (tmp / "README.md").write_text(biased_readme(info), encoding="utf-8")
-    return BiasedResult(Path(config.output), trained.steps, trained.train_loss, trained.eval_loss, 0.0, len(sentences))
+
+def _writer(config: BiasedConfig, corpus_info: dict[str, Any]) -> Writer:
+    """Writes the biased model (or adapter) folder of a finished run."""
+
+    def write(trained: Trained) -> None:
+        corpus = {**corpus_info, **trained.data}
+        full = config.method == "full"
+        info = _model_info(trained, corpus, config) if full else _adapter_info(trained, corpus, config)
+
+        def save(folder: Path) -> None:
+            trained.model.save_pretrained(str(folder))
+            if full:  # a model folder that loads on its own
+                trained.tokenizer.save_pretrained(str(folder))
+
+        write_folder(trained, info, biased_readme(info), save)
+
+    return write
+
+
+def _adapter_info(trained: Trained, corpus: dict[str, Any], config: BiasedConfig) -> dict[str, Any]:
+    from peft_debias.cda.axes import get_axis, list_axes
+
+    axis = get_axis(config.axis) if config.axis in list_axes() else None  # else only a label (e.g. all)
+    info = adapter_info(replace(trained, axis=axis), str(trained.model.peft_config["default"].peft_type.value))
+    info.update(artifact="biased_adapter", paper="bias_vector", axis=config.axis, corpus=corpus)
+    info.update(cda={"swapped": False}, biased_config=_jsonable(config))
+    return info
+
+
+def _model_info(trained: Trained, corpus: dict[str, Any], config: BiasedConfig) -> dict[str, Any]:
+    from peft_debias.core.provenance import timestamp, versions
+
+    loaded, result = trained.loaded, trained.result
+    return {
+        "format_version": 1,
+        "artifact": "biased_model",
+        "paper": "bias_vector",
+        "axis": config.axis,
+        "method": "full",
+        "objective": trained.objective,
+        "base_model": {
+            "name": config.base,
+            "path": loaded.path,
+            "revision": config.revision,
+            "kind": loaded.kind.value,
+            "model_type": getattr(trained.model.config, "model_type", None),
+            "weights_fingerprint": trained.base_fingerprint,
+        },
+        "corpus": corpus,
+        "training": {
+            "steps": result.steps,
+            "lr": trained.config.lr,
+            "seconds": round(result.seconds, 2),
+            "seconds_per_step": result.seconds_per_step,
+        },
+        "metrics": {"train_loss": result.train_loss, "eval_loss": result.eval_loss},
+        "biased_config": _jsonable(config),
+        "versions": versions(),
+        "created": timestamp(),
+    }
 
 
 def _jsonable(config: BiasedConfig) -> dict[str, Any]:

@@ -1,53 +1,49 @@
-"""The accelerate training loop behind :func:`peft_debias.train.adapter.train_adapter` (see it for the design)."""
+"""The one training loop: PEFT adapters (lora, prefix, prompt, ia3) and full fine-tuning (``full``), on accelerate.
+
+:func:`train` runs it for :func:`~peft_debias.train.adapter.train_adapter` (an adapter on the CDA rows of a corpus)
+and :func:`~peft_debias.train.biased.train_biased` (a biased model or adapter on given sentences, CDA off). The loop
+is deliberately explicit so that it is deterministic and resumable on CPU:
+
+* data order: the rows of optimizer step ``s``, micro-batch ``m``, rank ``r`` are a pure function of the seed and
+  those indices (per-epoch permutations from seeded generators), and MLM masks come from a generator seeded the same
+  way, so a resumed run replays exactly what an uninterrupted run would have seen;
+* gradient accumulation is manual (``accelerator.no_sync`` on all but the last micro-batch) and the LR scheduler is
+  stepped once per optimizer step (accelerate's prepared scheduler steps once per process);
+* checkpoints hold only what changes (:mod:`peft_debias.train.work`): the trained weights, optimizer and scheduler
+  state and the torch RNG; with a PEFT method not the frozen base.
+
+With ``full`` every weight trains and there is no PEFT wrapper; the output folder is then written by the caller's
+writer (a full model). Under ``accelerate launch`` with several processes each rank trains on its own slice of
+every batch and DDP averages the gradients; the loop refuses to run if the world size differs from the expected one.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from peft_debias.core.errors import DebiasError
-from peft_debias.train.adapter import StepCallback, TrainConfig, TrainResult, expected_world_size
+from peft_debias.train import work as work_files
+from peft_debias.train.config import (
+    FULL,
+    StepCallback,
+    TrainConfig,
+    Trained,
+    TrainResult,
+    Writer,
+    expected_world_size,
+)
+from peft_debias.train.data import RowStream, read_corpus, training_rows
 from peft_debias.train.objectives import compute_loss
 
 logger = logging.getLogger(__name__)
-
-
-class RowStream:
-    """Deterministic, resumable order over ``n`` rows: epoch ``e`` is a permutation seeded by ``seed + e``."""
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed = n, seed
-        self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
-
-    def take(self, start: int, count: int) -> list[int]:
-        out = []
-        for pos in range(start, start + count):
-            epoch = pos // self.n
-            if epoch != self._epoch:
-                self._epoch = epoch
-                self._perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
-            out.append(int(self._perm[pos % self.n]))
-        return out
-
-
-def _rows(ds, objective: str, cda: bool) -> list[dict[str, str]]:
-    """Training rows from CDA records: LM objectives get each text (and, with CDA, its counterfactuals) as a row;
-    the counterfactual objective gets (text, counterfactual) pairs. Without CDA (the control) texts are not swapped."""
-    rows: list[dict[str, str]] = []
-    for text, cfs in zip(ds["text"], ds["counterfactuals"], strict=True):
-        if objective == "counterfactual":
-            rows += [{"text": text, "counterfactual": cf if cda else text} for cf in (cfs or [text])]
-        else:
-            rows += [{"text": text}] + ([{"text": cf} for cf in cfs] if cda else [])
-    return rows
 
 
 def _seed_for(*parts: int) -> int:
@@ -57,7 +53,7 @@ def _seed_for(*parts: int) -> int:
     return value
 
 
-def _adapter_digest(model) -> str:
+def _weights_digest(model) -> str:
     import hashlib
 
     digest = hashlib.sha256()
@@ -67,41 +63,25 @@ def _adapter_digest(model) -> str:
     return digest.hexdigest()[:16]
 
 
-def run_training(config: TrainConfig, work: Path, step_callback: StepCallback | None = None) -> TrainResult:
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-    from transformers import get_scheduler
+@dataclass
+class _Model:
+    """The base model made ready for the method: wrapped by PEFT, or itself with every weight trainable."""
 
-    from peft_debias.cda.axes import get_axis
-    from peft_debias.cda.dataset import CDAConfig, build_cda_dataset
+    loaded: Any
+    model: Any
+    objective: str
+    objective_config: Any
+    base_fingerprint: str
+    backbone_fingerprint: str
+
+
+def _load_model(config: TrainConfig) -> _Model:
     from peft_debias.loader.checks import backbone_fingerprint
+    from peft_debias.models.limits import max_positions
     from peft_debias.models.loading import ModelKind, load_model, weights_fingerprint
-    from peft_debias.models.methods import MethodOptions, wrap_model
-    from peft_debias.train.objectives import ObjectiveConfig, check_objective, collate, default_objective
+    from peft_debias.models.methods import wrap_model
+    from peft_debias.train.objectives import check_objective, default_objective
 
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    expected = expected_world_size(config)
-    if expected is not None and expected != world:
-        raise DebiasError(
-            f"launched for {expected} processes but this run sees {world}",
-            "check the launch command (on CPU use ACCELERATE_USE_CPU=true accelerate launch "
-            "--multi_gpu --num_processes N) or the world_size setting",
-        )
-    set_seed(config.seed)
-    axis = get_axis(config.axis)
-    # The corpus is read before the (possibly large) model is loaded, so that a bad corpus fails fast.
-    cda_cfg = CDAConfig(
-        axis=config.axis,
-        mode=config.cda_mode,
-        keep_ratio=config.keep_ratio,
-        names=config.names,
-        max_sentences=config.max_sentences,
-        seed=config.seed,
-    )
-    with accelerator.main_process_first():
-        ds, cda_stats = build_cda_dataset(config.corpus, cda_cfg, progress=config.progress and rank == 0)
     loaded = load_model(
         config.base,
         config.kind,
@@ -109,166 +89,216 @@ def run_training(config: TrainConfig, work: Path, step_callback: StepCallback | 
         allow_pickle=config.allow_pickle,
         trust_remote_code=config.trust_remote_code,
     )
-    kind: ModelKind = loaded.kind
+    kind = loaded.kind
+    if config.method == FULL and kind is ModelKind.ENCODER:
+        raise DebiasError(f"{config.base} is a bare encoder without an LM head", "use a masked or causal LM")
     objective = config.objective or default_objective(kind)
-    check_objective(objective, kind, config.invariance, config.regulariser)
+    check_objective(objective, kind, config.objective_options.invariance, config.objective_options.regulariser)
     if objective in ("mlm", "counterfactual") and kind is ModelKind.MASKED_LM and loaded.tokenizer.mask_token is None:
         raise DebiasError("the tokenizer has no mask token", "use a masked LM with a [MASK] token")
-    base_fingerprint = weights_fingerprint(loaded.model)
+    base_fp = weights_fingerprint(loaded.model)
     backbone_fp = backbone_fingerprint(loaded.model)  # equal across heads: the downstream loader's base check
-    options = MethodOptions(
-        r=config.r,
-        alpha=config.alpha,
-        dropout=config.dropout,
-        target_modules=config.target_modules,
-        num_virtual_tokens=config.num_virtual_tokens,
-        prompt_init_text=config.prompt_init_text,
-    )
-    model = wrap_model(loaded.model, config.method, kind, options, base_name=loaded.path)
-    tokenizer = loaded.tokenizer
-    from peft_debias.models.limits import max_positions
+    if config.method == FULL:
+        model = loaded.model.requires_grad_(True)
+    else:
+        model = wrap_model(loaded.model, config.method, kind, config.method_options, base_name=loaded.path)
+    objective_config = config.objective_config(min(config.max_length, max_positions(loaded.model, loaded.tokenizer)))
+    return _Model(loaded, model, objective, objective_config, base_fp, backbone_fp)
 
-    obj_cfg = ObjectiveConfig(
-        mlm_probability=config.mlm_probability,
-        whole_word_mask=config.whole_word_mask,
-        beta=config.beta,
-        invariance=config.invariance,
-        regulariser=config.regulariser,
-        max_length=min(config.max_length, max_positions(loaded.model, loaded.tokenizer)),
-    )
 
-    n_eval = min(config.eval_max_rows, int(len(ds) * config.eval_fraction)) if len(ds) > 1 else 0
-    train_rows = _rows(ds.select(range(n_eval, len(ds))), objective, config.cda)
-    eval_rows = _rows(ds.select(range(n_eval)), objective, config.cda) if n_eval else []
-    if not train_rows:
-        raise DebiasError("no training rows after the held-out split", "use a larger corpus or eval_fraction 0")
+class _Trainer:
+    """Optimizer, scheduler, data order, evaluation and the step loop of one run (one instance per process)."""
 
-    per_step = config.batch_size * config.grad_accum * world
-    total = config.max_steps or max(1, math.ceil(config.epochs * len(train_rows) / per_step))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = get_scheduler(
-        config.scheduler, optimizer, num_warmup_steps=int(config.warmup_ratio * total), num_training_steps=total
-    )
-    model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
-    stream = RowStream(len(train_rows), config.seed)
-    log_path = work / "training_log.jsonl"
-    start_step = 0
-    if accelerator.is_main_process:
-        work.mkdir(parents=True, exist_ok=True)
-        saved = {"fingerprint": config.fingerprint(), "config": _jsonable(config)}
-        _replace_text(work / "train_config.json", json.dumps(saved, indent=2) + "\n")
-    accelerator.wait_for_everyone()
-    if config.resume:
-        start_step = _load_checkpoint(work, unwrapped, optimizer, scheduler, rank)
-        _truncate_log(log_path, start_step, accelerator.is_main_process)
-        logger.info("resumed from step %d", start_step)
+    def __init__(self, config: TrainConfig, work: Path, accelerator, prepared: _Model, rows, eval_rows) -> None:
+        from transformers import get_scheduler
 
-    def batch_for(step: int, micro: int, rows_pool: list[dict], order: list[int] | None = None) -> dict[str, Any]:
+        self.config, self.work, self.accelerator = config, work, accelerator
+        self.world, self.rank = accelerator.num_processes, accelerator.process_index
+        self.kind, self.objective, self.obj_cfg = prepared.loaded.kind, prepared.objective, prepared.objective_config
+        self.tokenizer, self.rows, self.eval_rows = prepared.loaded.tokenizer, rows, eval_rows
+        per_step = config.batch_size * config.grad_accum * self.world
+        self.total = config.max_steps or max(1, math.ceil(config.epochs * len(rows) / per_step))
+        self.trainable = [p for p in prepared.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(self.trainable, lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = get_scheduler(
+            config.scheduler,
+            optimizer,
+            num_warmup_steps=int(config.warmup_ratio * self.total),
+            num_training_steps=self.total,
+        )
+        self.model, self.optimizer = accelerator.prepare(prepared.model, optimizer)
+        self.unwrapped = accelerator.unwrap_model(self.model)
+        self.stream = RowStream(len(rows), config.seed)
+        self.full = config.method == FULL
+
+    def start(self) -> int:
+        """Record the run's config in the work folder; on resume restore the newest checkpoint. Returns its step."""
+        if self.accelerator.is_main_process:
+            work_files.write_run_config(self.work, self.config)
+        self.accelerator.wait_for_everyone()
+        if not self.config.resume:
+            return 0
+        step = work_files.load_checkpoint(self.work, self.unwrapped, self.optimizer, self.scheduler, self.full)
+        if self.accelerator.is_main_process:
+            work_files.truncate_log(self.work, step)
+        logger.info("resumed from step %d", step)
+        return step
+
+    def batch(self, step: int, micro: int, pool: list[dict], order: list[int] | None = None) -> dict[str, Any]:
+        """The collated rows of (step, micro-batch) on this rank, or ``order`` of ``pool``; masks seeded by both."""
+        from peft_debias.train.objectives import collate
+
+        config = self.config
         if order is None:
-            first = ((step * config.grad_accum + micro) * world + rank) * config.batch_size
-            order = stream.take(first, config.batch_size)
-        gen = torch.Generator().manual_seed(_seed_for(config.seed, step, micro, rank))
-        batch = collate([rows_pool[i] for i in order], objective, tokenizer, kind, obj_cfg, gen)
-        return _to_device(batch, accelerator.device)
+            first = ((step * config.grad_accum + micro) * self.world + self.rank) * config.batch_size
+            order = self.stream.take(first, config.batch_size)
+        gen = torch.Generator().manual_seed(_seed_for(config.seed, step, micro, self.rank))
+        batch = collate([pool[i] for i in order], self.objective, self.tokenizer, self.kind, self.obj_cfg, gen)
+        return _to_device(batch, self.accelerator.device)
 
-    def evaluate() -> float | None:
-        if not eval_rows:
+    def evaluate(self) -> float | None:
+        """The mean loss over the held-out rows (each rank takes every world-th row)."""
+        if not self.eval_rows:
             return None
-        model.eval()
-        total_loss, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
+        device, size = self.accelerator.device, self.config.batch_size
+        self.model.eval()
+        total_loss, count = torch.zeros((), device=device), torch.zeros((), device=device)
         with torch.no_grad():
-            mine = list(range(rank, len(eval_rows), world))
-            for lo in range(0, len(mine), config.batch_size):
-                chunk = mine[lo : lo + config.batch_size]
-                loss, _ = compute_loss(model, batch_for(-1, lo, eval_rows, chunk), objective, kind, obj_cfg)
+            mine = list(range(self.rank, len(self.eval_rows), self.world))
+            for lo in range(0, len(mine), size):
+                chunk = mine[lo : lo + size]
+                batch = self.batch(-1, lo, self.eval_rows, chunk)
+                loss, _ = compute_loss(self.model, batch, self.objective, self.kind, self.obj_cfg)
                 total_loss += loss.detach() * len(chunk)
                 count += len(chunk)
-        model.train()
-        total_loss, count = accelerator.reduce(total_loss), accelerator.reduce(count)
+        self.model.train()
+        total_loss, count = self.accelerator.reduce(total_loss), self.accelerator.reduce(count)
         return float(total_loss / count.clamp(min=1))
 
-    model.train()
-    bar = tqdm(
-        total=total,
-        initial=start_step,
-        desc=f"train {config.axis} {config.method}",
-        unit="step",
-        disable=not (config.progress and accelerator.is_main_process) or None,
-    )
-    started, last_loss, eval_loss = time.perf_counter(), None, None
-    for step in range(start_step, total):
+    def step(self, step: int) -> dict[str, Any]:
+        """One optimizer step (all its micro-batches); returns its log record."""
+        config, accelerator = self.config, self.accelerator
         parts_sum: dict[str, float] = {}
         step_loss = 0.0
         for micro in range(config.grad_accum):
-            batch = batch_for(step, micro, train_rows)
+            batch = self.batch(step, micro, self.rows)
             last_micro = micro == config.grad_accum - 1
-            with accelerator.no_sync(model) if not last_micro else _null():
-                loss, parts = compute_loss(model, batch, objective, kind, obj_cfg)
+            with accelerator.no_sync(self.model) if not last_micro else _null():
+                loss, parts = compute_loss(self.model, batch, self.objective, self.kind, self.obj_cfg)
                 accelerator.backward(loss / config.grad_accum)
             step_loss += float(loss.detach()) / config.grad_accum
             for key, value in parts.items():
                 parts_sum[key] = parts_sum.get(key, 0.0) + value / config.grad_accum
         if config.max_grad_norm:
-            accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        last_loss = step_loss
-        done = step + 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.4f}", refresh=False)
-        record: dict[str, Any] = {"step": done, "loss": step_loss, **parts_sum, "lr": scheduler.get_last_lr()[0]}
-        if config.eval_every and (done % config.eval_every == 0 or done == total):
-            eval_loss = record["eval_loss"] = evaluate()
-        if accelerator.is_main_process and (done % config.log_every == 0 or done == total or "eval_loss" in record):
-            record["seconds"] = round(time.perf_counter() - started, 3)
-            with open(log_path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
-        if step_callback is not None:
-            rng = torch.get_rng_state()
-            step_callback(done, unwrapped, tokenizer)
-            torch.set_rng_state(rng)
-            model.train()
-        if config.save_every and done % config.save_every == 0 and done < total:
-            _save_checkpoint(work, done, unwrapped, optimizer, scheduler, accelerator)
-    bar.close()
-    elapsed = time.perf_counter() - started
-    if eval_loss is None and eval_rows:
-        eval_loss = evaluate()
-    digests = _gather_digests(accelerator, _adapter_digest(unwrapped))
-    accelerator.wait_for_everyone()
-    unwrapped.eval()
-    result = TrainResult(
-        Path(config.output),
-        total,
-        last_loss,
-        eval_loss,
-        elapsed,
-        elapsed / max(total - start_step, 1),
-        digests,
-        unwrapped,
+            accelerator.clip_grad_norm_(self.trainable, config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"step": step + 1, "loss": step_loss, **parts_sum, "lr": self.scheduler.get_last_lr()[0]}
+
+    def run(self, step_callback: StepCallback | None) -> TrainResult:
+        """Train from the start (or the resumed) step to the end; log, evaluate, call back, checkpoint."""
+        from tqdm.auto import tqdm
+
+        config, accelerator, total = self.config, self.accelerator, self.total
+        start_step = self.start()
+        self.model.train()
+        show = config.progress and accelerator.is_main_process
+        desc = f"train {config.axis} {config.method}"
+        bar = tqdm(total=total, initial=start_step, desc=desc, unit="step", disable=not show or None)
+        started, last_loss, eval_loss = time.perf_counter(), None, None
+        for step in range(start_step, total):
+            record = self.step(step)
+            last_loss, done = record["loss"], step + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{last_loss:.4f}", refresh=False)
+            if config.eval_every and (done % config.eval_every == 0 or done == total):
+                eval_loss = record["eval_loss"] = self.evaluate()
+            if accelerator.is_main_process and (done % config.log_every == 0 or done == total or "eval_loss" in record):
+                work_files.append_log(self.work, {**record, "seconds": round(time.perf_counter() - started, 3)})
+            if step_callback is not None:
+                rng = torch.get_rng_state()
+                step_callback(done, self.unwrapped, self.tokenizer)
+                torch.set_rng_state(rng)
+                self.model.train()
+            if config.save_every and done % config.save_every == 0 and done < total:
+                args = (self.unwrapped, self.optimizer, self.scheduler, accelerator, self.full)
+                work_files.save_checkpoint(self.work, done, *args)
+        bar.close()
+        elapsed = time.perf_counter() - started
+        if eval_loss is None and self.eval_rows:
+            eval_loss = self.evaluate()
+        digests = _gather_digests(accelerator, _weights_digest(self.unwrapped))
+        accelerator.wait_for_everyone()
+        self.unwrapped.eval()
+        per_step = elapsed / max(total - start_step, 1)
+        output = Path(config.output)
+        return TrainResult(output, total, last_loss, eval_loss, elapsed, per_step, digests, self.unwrapped)
+
+
+def run_training(
+    config: TrainConfig,
+    work: Path,
+    *,
+    texts: list[str] | None = None,
+    write: Writer | None = None,
+    step_callback: StepCallback | None = None,
+) -> TrainResult:
+    """Train on the CDA rows of ``config.corpus`` (or on ``texts``, CDA off) and write the output folder with
+    ``write`` (default: the adapter artifact) on the main process; the work folder goes once it is written."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    expected = expected_world_size(config)
+    if expected is not None and expected != accelerator.num_processes:
+        raise DebiasError(
+            f"launched for {expected} processes but this run sees {accelerator.num_processes}",
+            "check the launch command (on CPU use ACCELERATE_USE_CPU=true accelerate launch "
+            "--multi_gpu --num_processes N) or the world_size setting",
+        )
+    set_seed(config.seed)
+    corpus = read_corpus(config, texts, accelerator)  # before the (possibly large) model: a bad corpus fails fast
+    prepared = _load_model(config)
+    rows = training_rows(corpus.train, prepared.objective, config.cda)
+    if not rows:
+        raise DebiasError("no training rows after the held-out split", "use a larger corpus or eval_fraction 0")
+    trainer = _Trainer(
+        config, work, accelerator, prepared, rows, training_rows(corpus.held_out, prepared.objective, config.cda)
     )
+    result = trainer.run(step_callback)
     if accelerator.is_main_process:
         from peft_debias.train.artifact import write_artifact
 
-        write_artifact(
-            config,
-            work,
-            unwrapped,
-            loaded,
-            kind,
-            objective,
-            axis,
-            cda_stats,
-            base_fingerprint,
-            result,
-            world,
-            backbone_fp=backbone_fp,
-        )
+        trained = Trained(
+            config, work, trainer.unwrapped, trainer.tokenizer, prepared.loaded, prepared.objective, corpus.axis,
+            corpus.stats, prepared.base_fingerprint, prepared.backbone_fingerprint, result, accelerator.num_processes,
+        )  # fmt: skip
+        (write or write_artifact)(trained)
         shutil.rmtree(work, ignore_errors=True)
     accelerator.wait_for_everyone()
+    return result
+
+
+def train(
+    config: TrainConfig,
+    *,
+    texts: list[str] | None = None,
+    write: Writer | None = None,
+    step_callback: StepCallback | None = None,
+) -> TrainResult:
+    """Check the config, the destination and the work folder (``--resume``), run, and time the whole call.
+
+    ``texts``: train on these sentences as they are (no corpus, no CDA; a held-out share is split off with the
+    seed). ``step_callback(step, model, tokenizer)`` runs on every process after each optimizer step; the model is
+    put back in training mode and the torch RNG state restored afterwards, so a callback that does not change the
+    weights leaves the run unchanged.
+    """
+    config.validate(given_texts=texts is not None)
+    work = work_files.check_start(config)
+    started = time.perf_counter()
+    result = run_training(config, work, texts=texts, write=write, step_callback=step_callback)
+    result.seconds = time.perf_counter() - started
     return result
 
 
@@ -278,12 +308,6 @@ class _null:
 
     def __exit__(self, *exc: object) -> None:
         return None
-
-
-def _jsonable(config: TrainConfig) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return json.loads(json.dumps(asdict(config), default=str))
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -298,64 +322,3 @@ def _gather_digests(accelerator, digest: str) -> list[str]:
     from accelerate.utils import gather_object
 
     return list(gather_object([digest]))
-
-
-def _save_checkpoint(work: Path, step: int, model, optimizer, scheduler, accelerator) -> None:
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        final = work / "checkpoints" / f"step-{step:08d}"
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        model.save_pretrained(str(tmp / "adapter"))
-        torch.save(
-            {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": torch.get_rng_state(),
-                "step": step,
-            },
-            tmp / "trainer_state.pt",
-        )
-        tmp.rename(final)
-        for old in sorted((work / "checkpoints").glob("step-????????"))[:-1]:  # keep the newest only
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
-def _load_checkpoint(work: Path, model, optimizer, scheduler, rank: int) -> int:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    checkpoints = sorted((work / "checkpoints").glob("step-????????"))
-    if not checkpoints:
-        return 0  # interrupted before the first checkpoint: start from scratch with the same config
-    last = checkpoints[-1]
-    state = torch.load(last / "trainer_state.pt", weights_only=True, map_location="cpu")
-    weights = load_file(str(last / "adapter" / "adapter_model.safetensors"))
-    set_peft_model_state_dict(model, weights)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"])
-    return int(state["step"])
-
-
-def _truncate_log(path: Path, step: int, main: bool) -> None:
-    if not main or not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:  # the line a killed run was writing: past the checkpoint anyway
-            continue
-        if record["step"] <= step:
-            kept.append(line)
-    _replace_text(path, "".join(line + "\n" for line in kept))
-
-
-def _replace_text(path: Path, text: str) -> None:
-    """Write a work file whole, then rename it into place: a killed run never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

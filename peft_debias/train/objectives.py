@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,10 +43,7 @@ import torch.nn.functional as F
 
 from peft_debias.core.errors import DebiasError
 from peft_debias.models.loading import ModelKind
-
-OBJECTIVES = ("mlm", "clm", "counterfactual")
-INVARIANCES = ("distribution", "likelihood", "both", "tokens")
-REGULARISERS = ("lm", "base")
+from peft_debias.train.config import INVARIANCES, OBJECTIVES, REGULARISERS, ObjectiveConfig
 
 
 def default_objective(kind: ModelKind) -> str:
@@ -96,18 +92,6 @@ def check_objective(name: str, kind: ModelKind, invariance: str = "distribution"
         raise DebiasError(
             f"objective {name!r} does not fit a {kind.value} model", f"use --objective {' or '.join(sorted(allowed))}"
         )
-
-
-@dataclass
-class ObjectiveConfig:
-    """Options of the objectives."""
-
-    mlm_probability: float = 0.15
-    whole_word_mask: bool = False
-    beta: float = 1.0  # weight of the counterfactual invariance term
-    invariance: str = "distribution"  # distribution | likelihood | both (causal) | tokens (encoders); see above
-    regulariser: str = "lm"  # causal LMs: lm | base (see the module docstring)
-    max_length: int = 128
 
 
 def _tokenize(tokenizer, texts: Sequence[str], kind: ModelKind, max_length: int) -> dict[str, torch.Tensor]:

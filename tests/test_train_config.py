@@ -1,0 +1,87 @@
+"""TrainConfig: nested option groups behind the flat keys that recipes, the command line and saved runs use."""
+
+from __future__ import annotations
+
+import pytest
+
+from peft_debias.cda.dataset import CDAConfig
+from peft_debias.core.errors import DebiasError
+from peft_debias.models.options import MethodOptions
+from peft_debias.train.config import FLAT_KEYS, ObjectiveConfig, TrainConfig
+
+# The flat keys in the order train_config.json and the artifact's train_config have always had.
+SAVED_KEYS = [
+    "base", "axis", "corpus", "output", "method", "objective", "kind", "max_steps", "epochs", "lr", "weight_decay",
+    "scheduler", "warmup_ratio", "max_grad_norm", "batch_size", "grad_accum", "max_length", "seed",
+    "mixed_precision", "eval_fraction", "eval_max_rows", "eval_every", "save_every", "log_every", "world_size", "cda",
+    "cda_mode", "keep_ratio", "names", "max_sentences", "r", "alpha", "dropout", "target_modules",
+    "num_virtual_tokens", "prompt_init_text", "mlm_probability", "whole_word_mask", "beta", "invariance",
+    "regulariser", "revision", "trust_remote_code", "allow_pickle", "resume", "overwrite", "progress",
+]  # fmt: skip
+
+
+def test_flat_keys_reach_the_groups() -> None:
+    config = TrainConfig(base="b", r=4, beta=0.5, cda_mode="one", names=10, max_length=64, seed=7, axis="race")
+    assert config.method_options == MethodOptions(r=4)
+    assert config.objective_options == ObjectiveConfig(beta=0.5)
+    assert (config.cda_options.mode, config.cda_options.names) == ("one", 10)
+    assert config.r == 4 and config.cda_mode == "one"
+    config.alpha = 32
+    assert config.method_options.alpha == 32
+    assert config.cda_config() == CDAConfig(axis="race", mode="one", names=10, seed=7)
+    assert config.objective_config().max_length == 64 and config.objective_config(16).max_length == 16
+    assert TrainConfig(method_options=MethodOptions(r=2), r=3).r == 3  # flat keys win over a group
+
+
+def test_saved_form_and_fingerprint_are_the_flat_ones() -> None:
+    assert list(FLAT_KEYS) == SAVED_KEYS and list(TrainConfig().to_dict()) == SAVED_KEYS
+    # values computed before the options were grouped: interrupted runs and cached cells stay valid
+    assert TrainConfig(base="b", corpus=["c"], output="o").fingerprint() == "9ae4c9d422bf4386"
+    config = TrainConfig(base="b", corpus=["c"], output="o", r=4, alpha=16, beta=0.5, cda_mode="one", names=10,
+                         invariance="likelihood", target_modules=["q_proj"])  # fmt: skip
+    assert config.fingerprint() == "1e818f91e2fb6432"
+    assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+def test_group_fields_without_a_flat_key() -> None:
+    config = TrainConfig(base="b")
+    config.cda_options.min_words = 2
+    saved = config.to_dict()
+    assert saved["cda_options"] == {"min_words": 2} and config.fingerprint() != TrainConfig(base="b").fingerprint()
+    assert TrainConfig.from_dict(saved) == config
+    config.cda_options.seed = 5  # the run's seed is used, so it is not part of the saved form
+    assert "seed" not in config.to_dict()["cda_options"] and config.cda_config().seed == 0
+
+
+def test_groups_are_copied_not_shared() -> None:
+    options = MethodOptions(r=4)
+    one = TrainConfig(method_options=options)
+    one.r = 16
+    assert options.r == 4 and TrainConfig(method_options=options).r == 4
+
+
+def test_recipe_values_and_errors() -> None:
+    config = TrainConfig.from_dict({"lr": "2e-4", "beta": 1, "corpus": "c", "method_options": {"dropout": "0.1"}})
+    assert config.lr == 2e-4 and config.beta == 1.0 and config.corpus == ["c"] and config.dropout == 0.1
+    with pytest.raises(DebiasError, match=r"has unknown keys \['rank'\]"):
+        TrainConfig.from_dict({"rank": 4})
+    with pytest.raises(DebiasError, match=r"cda_options has unknown keys \['seed'\]"):
+        TrainConfig.from_dict({"cda_options": {"seed": 1}})
+    with pytest.raises(DebiasError, match="r is 'eight', not an integer"):
+        TrainConfig.from_dict({"r": "eight"})
+    with pytest.raises(DebiasError, match="unknown training option 'rank'"):
+        TrainConfig().update(rank=4)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'rank'"):
+        TrainConfig(rank=4)
+
+
+def test_command_line_options_are_the_flat_keys() -> None:
+    import argparse
+
+    from peft_debias.cli.train import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--r", "4", "--cda-mode", "one", "--no-cda", "--target-modules", "q", "--beta", "2"])
+    config = config_from_args(args)
+    assert (config.r, config.cda_mode, config.cda, config.target_modules, config.beta) == (4, "one", False, ["q"], 2.0)
