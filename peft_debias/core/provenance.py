@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from peft_debias.core.errors import DebiasError, one_line
+from peft_debias.core.jsonio import write_json
+
+__all__ = ["DEBIAS_CONFIG", "FORMAT_VERSION", "PAPERS", "read_debias_config", "sha256_files", "timestamp", "versions",
+           "write_json"]  # fmt: skip
 
 DEBIAS_CONFIG = "debias_config.json"
 FORMAT_VERSION = 1
@@ -53,10 +57,6 @@ def versions() -> dict[str, str]:
         "accelerate": accelerate.__version__,
         "python": platform.python_version(),
     }
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
 def read_debias_config(folder: str | Path) -> dict[str, Any]:

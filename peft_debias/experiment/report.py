@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from peft_debias.core.atomic import atomic_output
-from peft_debias.eval.results import json_safe
+from peft_debias.core.jsonio import dumps
 
 CHARTS = ("bias_vs_quality.png", "lambda_curves.png")
 
@@ -320,7 +319,7 @@ def write_outputs(summary: dict[str, Any], output: Path) -> list[Path]:
         written.append(output / name)
     summary["charts"] = charts
     texts = {
-        "summary.json": json.dumps(json_safe(summary), indent=1, allow_nan=False) + "\n",
+        "summary.json": dumps(summary, indent=1) + "\n",
         "results.csv": results_csv(summary),
         "report.md": markdown_report(summary),
     }

@@ -27,6 +27,7 @@ import torch
 
 from peft_debias.core.atomic import atomic_output
 from peft_debias.core.errors import DebiasError, one_line
+from peft_debias.core.jsonio import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -139,9 +140,7 @@ def _convert_gguf(gguf: Path, dest: Path) -> None:
     model.load_state_dict(quantised.state_dict())
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
-    (dest / "peft_debias_source.json").write_text(
-        json.dumps({"gguf_file": gguf.name, "fingerprint": _gguf_fingerprint(gguf)}, indent=2) + "\n"
-    )
+    write_json(dest / "peft_debias_source.json", {"gguf_file": gguf.name, "fingerprint": _gguf_fingerprint(gguf)})
 
 
 def _smollm2_folder(gguf: Path, install: str) -> Path:

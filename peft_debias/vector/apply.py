@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import logging
 import math
 import time
@@ -25,6 +24,7 @@ import torch
 from peft_debias.cards.vector import light_versions, render_debiased_card, render_vector_card, timestamp
 from peft_debias.core.atomic import atomic_output, check_destination
 from peft_debias.core.errors import DebiasError
+from peft_debias.core.jsonio import write_json
 from peft_debias.models.loading import weights_fingerprint
 from peft_debias.vector.folders import copy_side_files, tied_aliases
 from peft_debias.vector.lora import LoraDelta, write_negated_adapter
@@ -132,7 +132,7 @@ def merge_into_folder(
         files = [p.name for p in writer.close()]
         files += copy_side_files(ckpt.folder, tmp)
         data = debiased_info(vector, base, ckpt, scale, info, changed, params)
-        (tmp / "debias_config.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        write_json(tmp / "debias_config.json", data)
         (tmp / "README.md").write_text(render_debiased_card(data), encoding="utf-8")
         files += ["debias_config.json", "README.md"]
     ckpt.close()
@@ -278,7 +278,7 @@ def save_vector(vector: BiasVector, path: Path, *, overwrite: bool, shard_size: 
             "versions": light_versions(),
             "created": timestamp(),
         }
-        (tmp / VECTOR_JSON).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        write_json(tmp / VECTOR_JSON, data)
         (tmp / "README.md").write_text(render_vector_card(data), encoding="utf-8")
     return path
 
@@ -305,6 +305,6 @@ def write_adapter(vector: BiasVector, output: Path, scale: float, *, overwrite: 
             "versions": light_versions(),
             "created": timestamp(),
         }
-        (tmp / "debias_config.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        write_json(tmp / "debias_config.json", data)
         (tmp / "README.md").write_text(render_debiased_card(data, adapter=True), encoding="utf-8")
     return output
