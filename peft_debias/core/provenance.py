@@ -7,22 +7,27 @@ A trained folder holds plain PEFT files (``adapter_config.json``, ``adapter_mode
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import platform
 import time
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from peft_debias.core.errors import DebiasError, one_line
 from peft_debias.core.jsonio import write_json
+from peft_debias.core.version import __version__
 
-__all__ = ["DEBIAS_CONFIG", "FORMAT_VERSION", "PAPERS", "read_debias_config", "sha256_files", "timestamp", "versions",
-           "write_json"]  # fmt: skip
+__all__ = ["DEBIAS_CONFIG", "FORMAT_VERSION", "PAPERS", "VERSIONED", "read_debias_config", "sha256_files", "timestamp",
+           "versions", "write_json"]  # fmt: skip
 
 DEBIAS_CONFIG = "debias_config.json"
 FORMAT_VERSION = 1
+# The libraries whose versions shape an artifact (recorded in its sidecar).
+VERSIONED = ("torch", "transformers", "peft", "accelerate", "numpy", "safetensors", "huggingface_hub")
 PAPERS = {
     "peftdebias": "https://arxiv.org/abs/2312.00434",
     "bias_vector": "https://arxiv.org/abs/2412.11679",
@@ -40,23 +45,15 @@ def sha256_files(paths: Sequence[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
-def versions() -> dict[str, str]:
-    """Versions of the libraries that shape a result."""
-    import accelerate
-    import peft
-    import torch
-    import transformers
-
-    from peft_debias.core.version import __version__
-
-    return {
-        "peft_debias": __version__,
-        "peft": peft.__version__,
-        "transformers": transformers.__version__,
-        "torch": torch.__version__,
-        "accelerate": accelerate.__version__,
-        "python": platform.python_version(),
-    }
+def versions(packages: Sequence[str] = VERSIONED) -> dict[str, str]:
+    """Versions of peft_debias, Python and the installed ``packages`` (default :data:`VERSIONED`), read from
+    package metadata: nothing is imported, so recording them is cheap (``torch`` gives e.g. ``2.13.0+cpu``,
+    the same string as ``torch.__version__``). A package that is not installed is left out."""
+    out = {"peft_debias": __version__, "python": platform.python_version()}
+    for package in packages:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[package] = metadata.version(package)
+    return out
 
 
 def read_debias_config(folder: str | Path) -> dict[str, Any]:
@@ -74,4 +71,5 @@ def read_debias_config(folder: str | Path) -> dict[str, Any]:
 
 
 def timestamp() -> str:
+    """The current UTC time to the second, e.g. ``2025-01-31T09:05:00Z`` (the ``created`` field of artifacts)."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

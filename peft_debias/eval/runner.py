@@ -7,9 +7,7 @@ is :func:`register_benchmark`; a duplicate name is an error, an unknown one list
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
-import platform
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -17,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peft_debias.core.errors import DebiasError
+from peft_debias.core.provenance import timestamp, versions
 from peft_debias.eval.handle import ModelHandle, peek_kind, resolve_model
 from peft_debias.eval.results import SCHEMA_VERSION, compare_results, load_results
 from peft_debias.eval.sources import DataSource, check_axes, hub_rows, parse_names, sha256_of
@@ -103,6 +102,7 @@ class Benchmark:
 BENCHMARKS: dict[str, Benchmark] = {}
 # Kinds as plain strings, so that importing the registry (and failing fast on a bad name) does not import torch.
 _LM_KINDS = ("masked_lm", "causal_lm")
+_VERSIONED = ("torch", "transformers", "peft", "numpy")  # the libraries that decide the numbers
 
 
 def register_benchmark(benchmark: Benchmark) -> Benchmark:
@@ -286,25 +286,6 @@ register_benchmark(
 # --------------------------------------------------------------------------------------------------- runs
 
 
-def versions() -> dict[str, str]:
-    """Versions of the libraries that decide the numbers."""
-    import numpy
-    import peft
-    import torch
-    import transformers
-
-    from peft_debias.core.version import __version__
-
-    return {
-        "peft_debias": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "numpy": numpy.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def _defaults(kind: ModelKind) -> list[str]:
     return [n for n, b in BENCHMARKS.items() if kind in b.kinds]
 
@@ -391,8 +372,8 @@ def evaluate_bias(
         "benchmarks": names,
         "axes": axes_list,
         "config": {k: v for k, v in asdict(config).items() if k != "progress"},
-        "versions": versions(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(_VERSIONED),
+        "created": timestamp(),
     }
     for name in names:
         payload, info = data[name]

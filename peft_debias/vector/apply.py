@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from peft_debias.cards.vector import light_versions, render_debiased_card, render_vector_card, timestamp
+from peft_debias.cards.vector import render_debiased_card, render_vector_card
 from peft_debias.core.atomic import atomic_output, check_destination
 from peft_debias.core.errors import DebiasError
 from peft_debias.core.jsonio import write_json
+from peft_debias.core.provenance import timestamp, versions
 from peft_debias.models.loading import weights_fingerprint
 from peft_debias.vector.folders import copy_side_files, tied_aliases
 from peft_debias.vector.lora import LoraDelta, write_negated_adapter
@@ -207,7 +208,7 @@ def debiased_info(vector, base, ckpt, scale, info, changed, params) -> dict[str,
             "params_changed": params,
         },
         **(info or {}),
-        "versions": light_versions(),
+        "versions": versions(),
         "created": timestamp(),
     }
 
@@ -275,7 +276,7 @@ def save_vector(vector: BiasVector, path: Path, *, overwrite: bool, shard_size: 
             "norm": math.sqrt(sum_sq),
             "dtype": "float32",
             "files": files,
-            "versions": light_versions(),
+            "versions": versions(),
             "created": timestamp(),
         }
         write_json(tmp / VECTOR_JSON, data)
@@ -302,7 +303,7 @@ def write_adapter(vector: BiasVector, output: Path, scale: float, *, overwrite: 
             "scale": scale * coef,
             "base_model": vector.meta.base,
             "vector": {"sources": [term.describe()], "exclude": vector.meta.exclude, "modules": len(modules)},
-            "versions": light_versions(),
+            "versions": versions(),
             "created": timestamp(),
         }
         write_json(tmp / "debias_config.json", data)
