@@ -8,7 +8,6 @@ A trained folder holds plain PEFT files (``adapter_config.json``, ``adapter_mode
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import platform
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_debias.core.errors import DebiasError, one_line
+from peft_debias.core.fingerprints import sha256_files
 from peft_debias.core.jsonio import write_json
 from peft_debias.core.version import __version__
 
@@ -32,17 +32,6 @@ PAPERS = {
     "peftdebias": "https://arxiv.org/abs/2312.00434",
     "bias_vector": "https://arxiv.org/abs/2412.11679",
 }
-
-
-def sha256_files(paths: Sequence[Path]) -> str:
-    """A short sha256 over the names and bytes of files (streamed, so memory stays flat)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.name.encode())
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
 
 
 def versions(packages: Sequence[str] = VERSIONED) -> dict[str, str]:

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 
 from peft_debias.core.errors import DebiasError, one_line
+from peft_debias.core.fingerprints import tensors_fingerprint
 from peft_debias.core.provenance import DEBIAS_CONFIG
 
 logger = logging.getLogger(__name__)
@@ -68,12 +68,7 @@ def backbone_fingerprint(model: torch.nn.Module) -> str:
     and ``XForTokenClassification`` built from the same weights share one fingerprint. Injected adapter layers
     (a ``PeftModel``) are ignored; the dtype is part of the hash.
     """
-    digest = hashlib.sha256()
-    for name, tensor in sorted(_backbone_tensors(model), key=lambda item: item[0]):
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(flat.view(torch.uint8).numpy())
-    return digest.hexdigest()[:16]
+    return tensors_fingerprint(_backbone_tensors(model))
 
 
 # ---------------------------------------------------------------------------------------------- reading

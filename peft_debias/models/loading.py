@@ -11,7 +11,6 @@ Bundled aliases work offline: ``bundled:minilm`` (all-MiniLM-L6-v2, a bare BERT 
 from __future__ import annotations
 
 import enum
-import hashlib
 import importlib.util
 import json
 import logging
@@ -27,6 +26,7 @@ import torch
 
 from peft_debias.core.atomic import atomic_output
 from peft_debias.core.errors import DebiasError, one_line
+from peft_debias.core.fingerprints import file_ends_fingerprint, tensors_fingerprint
 from peft_debias.core.jsonio import write_json
 
 logger = logging.getLogger(__name__)
@@ -112,13 +112,7 @@ def _cache_root() -> Path:
 
 def _gguf_fingerprint(path: Path) -> str:
     """Short id of a GGUF file: its size and the sha256 of its first and last MiB (cheap on large files)."""
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as fh:
-        digest.update(fh.read(_MIB))
-        fh.seek(max(size - _MIB, 0))
-        digest.update(fh.read(_MIB))
-    return digest.hexdigest()[:12]
+    return file_ends_fingerprint(path, span=_MIB, length=12)
 
 
 def _is_complete(folder: Path) -> bool:
@@ -381,9 +375,4 @@ def load_model(
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
     """First 16 hex digits of a sha256 over the sorted (name, dtype, shape, bytes) of the state dict."""
-    digest = hashlib.sha256()
-    for key, tensor in sorted(model.state_dict().items()):
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{key}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(flat.view(torch.uint8).numpy())
-    return digest.hexdigest()[:16]
+    return tensors_fingerprint(model.state_dict().items())

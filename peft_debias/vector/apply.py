@@ -24,6 +24,7 @@ import torch
 from peft_debias.cards.vector import render_debiased_card, render_vector_card
 from peft_debias.core.atomic import atomic_output, check_destination
 from peft_debias.core.errors import DebiasError
+from peft_debias.core.fingerprints import tensor_bytes
 from peft_debias.core.jsonio import write_json
 from peft_debias.core.provenance import timestamp, versions
 from peft_debias.models.loading import weights_fingerprint
@@ -153,13 +154,13 @@ def _merge_tensor(ckpt, vector, name: str, source: str | None, scale: float, wri
         if source is None:
             block = ckpt.read(name, start, stop)
             if digest is not None:
-                digest.update(block.reshape(-1).view(torch.uint8).numpy())
+                digest.update(tensor_bytes(block))
             writer.append(name, block)
             continue
         pre = ckpt.read(source, start, stop, shared=True)
         if digest is not None:
             own = pre if source == name else ckpt.read(name, start, stop)
-            digest.update(own.reshape(-1).view(torch.uint8).numpy())
+            digest.update(tensor_bytes(own))
         out = vector.rows(source, start, stop, scale).add_(pre.float()).to(binfo.torch_dtype)
         if not bool(torch.isfinite(out).all()) and bool(torch.isfinite(pre).all()):
             raise DebiasError(
