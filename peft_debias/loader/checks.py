@@ -24,6 +24,7 @@ import torch
 
 from peft_debias.core.errors import DebiasError, one_line
 from peft_debias.core.fingerprints import tensors_fingerprint
+from peft_debias.core.hub_ids import is_hub_id
 from peft_debias.core.provenance import DEBIAS_CONFIG
 
 logger = logging.getLogger(__name__)
@@ -101,10 +102,7 @@ class AdapterFiles:
 
 
 def _looks_like_repo(source: str) -> bool:
-    from peft_debias.models.loading import _HUB_ID
-
-    looks_local = source.startswith((".", "/", "~")) or "\\" in source or source.count("/") != 1 or ".." in source
-    return not looks_local and bool(_HUB_ID.match(source))
+    return is_hub_id(source, namespace_required=True)
 
 
 def _download(repo: str, revision: str | None, allow_pickle: bool, token: str | None) -> Path:

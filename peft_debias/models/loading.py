@@ -27,13 +27,13 @@ import torch
 from peft_debias.core.atomic import atomic_output
 from peft_debias.core.errors import DebiasError, one_line
 from peft_debias.core.fingerprints import file_ends_fingerprint, tensors_fingerprint
+from peft_debias.core.hub_ids import is_hub_id
 from peft_debias.core.jsonio import write_json
 
 logger = logging.getLogger(__name__)
 
 BUNDLED_PREFIX = "bundled:"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-_HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
 _MIB = 1 << 20
 
 
@@ -224,8 +224,7 @@ def _resolve(name: str) -> _Source:
         return _Source(str(local.resolve()), True)
     if local.exists():
         raise DebiasError(f"model {name} is a file, not a folder", "pass the folder that holds config.json")
-    looks_local = name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1 or ".." in name
-    if looks_local or not _HUB_ID.match(name):
+    if not is_hub_id(name):  # a local path never is one
         raise DebiasError(
             f"model {name} not found",
             f"pass an existing model folder, a Hub id (org/model) or one of {', '.join(list_bundled())}",
