@@ -42,3 +42,16 @@ def test_versions_import_nothing_heavy() -> None:
     code = "import sys; from peft_debias.core.provenance import versions; versions(); print('torch' in sys.modules)"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "False"
+
+
+def test_sidecar_key_order_and_written_file(monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(provenance, "timestamp", lambda: "2025-01-31T09:05:00Z")
+    monkeypatch.setattr(provenance, "versions", lambda: {"peft_debias": "9.9"})
+    data = provenance.sidecar("negated_adapter", {"axis": "gender", "lambda": -1.0}, scale=float("nan"), base_model={})
+    assert list(data) == ["format_version", "artifact", "axis", "lambda", "scale", "base_model", "versions", "created"]
+    assert data["format_version"] == provenance.FORMAT_VERSION == 1 and data["artifact"] == "negated_adapter"
+    assert data["versions"] == {"peft_debias": "9.9"} and data["created"] == "2025-01-31T09:05:00Z"
+    path = provenance.write_sidecar(tmp_path, data)
+    assert path == tmp_path / "debias_config.json"
+    assert '"scale": null' in path.read_text() and provenance.read_debias_config(tmp_path)["lambda"] == -1.0
+    assert provenance.write_sidecar(tmp_path, {}, "bias_vector.json").read_text() == "{}\n"

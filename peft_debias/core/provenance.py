@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,8 @@ from peft_debias.core.fingerprints import sha256_files
 from peft_debias.core.jsonio import write_json
 from peft_debias.core.version import __version__
 
-__all__ = ["DEBIAS_CONFIG", "FORMAT_VERSION", "PAPERS", "VERSIONED", "read_debias_config", "sha256_files", "timestamp",
-           "versions", "write_json"]  # fmt: skip
+__all__ = ["DEBIAS_CONFIG", "FORMAT_VERSION", "PAPERS", "VERSIONED", "read_debias_config", "sha256_files", "sidecar",
+           "timestamp", "versions", "write_json", "write_sidecar"]  # fmt: skip
 
 DEBIAS_CONFIG = "debias_config.json"
 FORMAT_VERSION = 1
@@ -43,6 +44,26 @@ def versions(packages: Sequence[str] = VERSIONED) -> dict[str, str]:
         with contextlib.suppress(metadata.PackageNotFoundError):
             out[package] = metadata.version(package)
     return out
+
+
+def sidecar(artifact: str, fields: Mapping[str, Any] | None = None, /, **more: Any) -> dict[str, Any]:
+    """The metadata dict of an artifact (its ``debias_config.json``): ``format_version`` and ``artifact`` first,
+    then ``fields`` and ``more`` in their order, then ``versions`` (:func:`versions`) and ``created``
+    (:func:`timestamp`). Keys that are not Python names (``lambda``) go in ``fields``."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "artifact": artifact,
+        **(fields or {}),
+        **more,
+        "versions": versions(),
+        "created": timestamp(),
+    }
+
+
+def write_sidecar(folder: str | os.PathLike, data: Mapping[str, Any], name: str = DEBIAS_CONFIG) -> Path:
+    """Write an artifact's metadata (``debias_config.json`` unless ``name`` says otherwise) into ``folder`` as
+    strict JSON, atomically; returns the file's path."""
+    return write_json(Path(folder) / name, data)
 
 
 def read_debias_config(folder: str | Path) -> dict[str, Any]:
