@@ -10,18 +10,18 @@ Kept free of heavy imports (no torch): cards are rendered by the streaming vecto
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from peft_debias.core.hub_ids import is_hub_id
 
 # Bundled aliases are conversions of these Hub models (see peft_debias.models.loading).
 BUNDLED_HUB_IDS = {
     "bundled:smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct",
     "bundled:minilm": "sentence-transformers/all-MiniLM-L6-v2",
 }
-_HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
 # model kind -> Hub task type
 TASKS = {"causal_lm": "text-generation", "masked_lm": "fill-mask", "encoder": "feature-extraction"}
 DATASETS = {
@@ -36,7 +36,7 @@ def hub_base_id(name: Any) -> str | None:
     text = str(name or "")
     if text in BUNDLED_HUB_IDS:
         return BUNDLED_HUB_IDS[text]
-    if not text or not _HUB_ID.match(text) or ".." in text or text.startswith((".", "-")):
+    if not is_hub_id(text):
         return None
     return None if Path(text).expanduser().exists() else text
 

@@ -5,27 +5,9 @@ Kept free of heavy imports: the streaming merge must not pay for importing trans
 
 from __future__ import annotations
 
-import contextlib
-import platform
-import time
-from importlib import metadata, resources
+from importlib import resources
 from pathlib import PurePath
 from typing import Any
-
-
-def light_versions() -> dict[str, str]:
-    """Versions of the libraries that shape a vector result, read from package metadata (nothing imported)."""
-    from peft_debias.core.version import __version__
-
-    out = {"peft_debias": __version__, "python": platform.python_version()}
-    for package in ("torch", "safetensors", "huggingface_hub", "transformers", "peft"):
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            out[package] = metadata.version(package)
-    return out
-
-
-def timestamp() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _render(template: str, card_data: Any, **values: Any) -> str:

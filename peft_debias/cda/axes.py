@@ -12,7 +12,6 @@ Built-in axes (``gender``, ``race``, ``religion``) are package data; users add t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_debias.core.errors import DebiasError, one_line
+from peft_debias.core.fingerprints import sha256_text
 
 BUILTIN_AXES = ("gender", "race", "religion")
 _REGISTRY: dict[str, BiasAxis] = {}
@@ -123,8 +123,7 @@ class BiasAxis:
         """A short sha256 of the word groups and rules (not the description): same words, same fingerprint."""
         data = self.to_dict()
         data.pop("description")
-        blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return sha256_text(json.dumps(data, sort_keys=True, separators=(",", ":")))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "axis definition") -> BiasAxis:

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from peft_debias.core.errors import DebiasError, one_line
+from peft_debias.core.hub_ids import is_dataset_source, split_config
 from peft_debias.core.provenance import sha256_files
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,6 @@ logger = logging.getLogger(__name__)
 TEXT_SUFFIXES = (".txt", ".raw", ".tokens")
 FILE_SUFFIXES = (*TEXT_SUFFIXES, ".jsonl", ".csv")
 TEXT_FORMATS = ("auto", "plain", "gutenberg", "wikitext")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?(:[\w.-]+)?$")  # id[:config]
 _ABBREVIATIONS = frozenset(
     "mr mrs ms dr st jr sr prof rev gen col capt lt sgt mt vs etc no vol fig ch co inc ltd esq messrs".split()  # noqa: SIM905
 )
@@ -173,7 +173,7 @@ def _hub_texts(dataset_id: str, text_column: str, split: str) -> Iterator[str]:
     try:
         import datasets
 
-        name, _, config = dataset_id.partition(":")
+        name, config = split_config(dataset_id)
         stream = datasets.load_dataset(name, config or None, split=split, streaming=True)
         for record in stream:
             yield str(record[text_column])
@@ -210,7 +210,7 @@ def iter_sentences(
     if text_format not in TEXT_FORMATS:
         raise DebiasError(f"unknown text format {text_format!r} (known: {', '.join(TEXT_FORMATS)})", "pick one")
     if not Path(source).exists():
-        if isinstance(source, Path) or not _HUB_ID.match(str(source)):
+        if isinstance(source, Path) or not is_dataset_source(str(source)):
             raise DebiasError(f"corpus {source} not found", "pass an existing file or folder, or a Hub dataset id")
         texts: Iterable[str] = _hub_texts(str(source), text_column, split)
         for text in texts:

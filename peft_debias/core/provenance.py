@@ -7,56 +7,63 @@ A trained folder holds plain PEFT files (``adapter_config.json``, ``adapter_mode
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
+import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from peft_debias.core.errors import DebiasError, one_line
+from peft_debias.core.fingerprints import sha256_files
+from peft_debias.core.jsonio import write_json
+from peft_debias.core.version import __version__
+
+__all__ = ["DEBIAS_CONFIG", "FORMAT_VERSION", "PAPERS", "VERSIONED", "read_debias_config", "sha256_files", "sidecar",
+           "timestamp", "versions", "write_json", "write_sidecar"]  # fmt: skip
 
 DEBIAS_CONFIG = "debias_config.json"
 FORMAT_VERSION = 1
+# The libraries whose versions shape an artifact (recorded in its sidecar).
+VERSIONED = ("torch", "transformers", "peft", "accelerate", "numpy", "safetensors", "huggingface_hub")
 PAPERS = {
     "peftdebias": "https://arxiv.org/abs/2312.00434",
     "bias_vector": "https://arxiv.org/abs/2412.11679",
 }
 
 
-def sha256_files(paths: Sequence[Path]) -> str:
-    """A short sha256 over the names and bytes of files (streamed, so memory stays flat)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.name.encode())
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
+def versions(packages: Sequence[str] = VERSIONED) -> dict[str, str]:
+    """Versions of peft_debias, Python and the installed ``packages`` (default :data:`VERSIONED`), read from
+    package metadata: nothing is imported, so recording them is cheap (``torch`` gives e.g. ``2.13.0+cpu``,
+    the same string as ``torch.__version__``). A package that is not installed is left out."""
+    out = {"peft_debias": __version__, "python": platform.python_version()}
+    for package in packages:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[package] = metadata.version(package)
+    return out
 
 
-def versions() -> dict[str, str]:
-    """Versions of the libraries that shape a result."""
-    import accelerate
-    import peft
-    import torch
-    import transformers
-
-    from peft_debias.core.version import __version__
-
+def sidecar(artifact: str, fields: Mapping[str, Any] | None = None, /, **more: Any) -> dict[str, Any]:
+    """The metadata dict of an artifact (its ``debias_config.json``): ``format_version`` and ``artifact`` first,
+    then ``fields`` and ``more`` in their order, then ``versions`` (:func:`versions`) and ``created``
+    (:func:`timestamp`). Keys that are not Python names (``lambda``) go in ``fields``."""
     return {
-        "peft_debias": __version__,
-        "peft": peft.__version__,
-        "transformers": transformers.__version__,
-        "torch": torch.__version__,
-        "accelerate": accelerate.__version__,
-        "python": platform.python_version(),
+        "format_version": FORMAT_VERSION,
+        "artifact": artifact,
+        **(fields or {}),
+        **more,
+        "versions": versions(),
+        "created": timestamp(),
     }
 
 
-def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+def write_sidecar(folder: str | os.PathLike, data: Mapping[str, Any], name: str = DEBIAS_CONFIG) -> Path:
+    """Write an artifact's metadata (``debias_config.json`` unless ``name`` says otherwise) into ``folder`` as
+    strict JSON, atomically; returns the file's path."""
+    return write_json(Path(folder) / name, data)
 
 
 def read_debias_config(folder: str | Path) -> dict[str, Any]:
@@ -74,4 +81,5 @@ def read_debias_config(folder: str | Path) -> dict[str, Any]:
 
 
 def timestamp() -> str:
+    """The current UTC time to the second, e.g. ``2025-01-31T09:05:00Z`` (the ``created`` field of artifacts)."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

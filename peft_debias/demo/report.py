@@ -7,6 +7,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from peft_debias.eval.formatting import format_ci, format_p
+from peft_debias.eval.formatting import format_number as _num
+
 DAMAGED = 1.25  # a perplexity this many times the base's is flagged in the table
 
 
@@ -14,23 +17,15 @@ def _load(out: Path, relative: str) -> dict[str, Any]:
     return json.loads((out / relative).read_text(encoding="utf-8"))
 
 
-def _num(value: Any, digits: int = 2) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
 def _ci(block: Mapping[str, Any] | None, key: str | None = None) -> str:
     interval = (block or {}).get("ci95")
     if isinstance(interval, Mapping):
         interval = interval.get(key or "")
-    if not interval or None in interval:
-        return ""
-    return f" [{interval[0]:.1f}, {interval[1]:.1f}]"
+    return format_ci(interval, 1)
 
 
 def _p(value: Any) -> str:
-    if value is None:
-        return ""
-    return "p<0.001" if value < 0.001 else f"p={value:.3f}"
+    return "" if value is None else f"p={format_p(value)}"
 
 
 def causal_rows(runs: Sequence[Mapping[str, Any]], out: Path, axis: str) -> list[list[str]]:
@@ -87,7 +82,7 @@ def _seat_cell(test: Mapping[str, Any]) -> list[str]:
     """Effect size (p) and association gap of one SEAT test; blanks for a test the other run lacks."""
     nan = float("nan")
     return [
-        f"{test.get('effect_size', nan):.3f} (p={test.get('p_value', nan):.3f})",
+        f"{test.get('effect_size', nan):.3f} (p={format_p(test.get('p_value'))})",
         f"{test.get('association_gap', nan):+.4f}",
     ]
 

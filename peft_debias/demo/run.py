@@ -20,7 +20,6 @@ figures with their intervals; the multi-seed, controlled evidence is the experim
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_debias.core.errors import DebiasError
+from peft_debias.core.jsonio import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def run_demo(config: DemoConfig | None = None, *, on_stage: Callable[[str], None
             "seconds": round(time.perf_counter() - clock.start, 1),
         }
         write_report(summary, out)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        write_json(out / "summary.json", summary)
     clock.done("report", f"{Path(cfg.output) / 'report.md'} (total {summary['seconds']:.0f} s)")
     return summary
 
@@ -199,8 +199,7 @@ def _eval_options(cfg: DemoConfig, data_dir: Path) -> dict[str, Any]:
 
 def _save(results: dict[str, Any], out: Path, name: str) -> str:
     path = out / "results" / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    write_json(path, results)
     return str(path.relative_to(out))
 
 

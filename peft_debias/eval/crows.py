@@ -25,7 +25,6 @@ keyed by the CSV row id, so two runs can be compared pair by pair (McNemar, :mod
 from __future__ import annotations
 
 import csv
-import difflib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from peft_debias.core import align
 from peft_debias.core.errors import DebiasError
 from peft_debias.eval.lm_scoring import causal_logprob_sums, mask_token_id, masked_logprobs, max_sequence_length
 from peft_debias.eval.sources import label_name
@@ -121,26 +121,12 @@ def shared_token_positions(ids1: Sequence[int], ids2: Sequence[int]) -> tuple[li
 
     Like bias-bench's ``get_span``: ``SequenceMatcher(None, ids1, ids2)`` over the ids as strings.
     """
-    matcher = difflib.SequenceMatcher(None, [str(i) for i in ids1], [str(i) for i in ids2])
-    left: list[int] = []
-    right: list[int] = []
-    for op, i1, i2, j1, j2 in matcher.get_opcodes():
-        if op == "equal":
-            left += range(i1, i2)
-            right += range(j1, j2)
-    return left, right
+    return align.positions(align.spans([str(i) for i in ids1], [str(i) for i in ids2], autojunk=True), equal=True)
 
 
 def differing_token_positions(ids1: Sequence[int], ids2: Sequence[int]) -> tuple[list[int], list[int]]:
     """Positions of the tokens that are not in difflib's ``equal`` blocks (bias-bench's ``"diff"`` spans)."""
-    matcher = difflib.SequenceMatcher(None, [str(i) for i in ids1], [str(i) for i in ids2])
-    left: list[int] = []
-    right: list[int] = []
-    for op, i1, i2, j1, j2 in matcher.get_opcodes():
-        if op != "equal":
-            left += range(i1, i2)
-            right += range(j1, j2)
-    return left, right
+    return align.positions(align.spans([str(i) for i in ids1], [str(i) for i in ids2], autojunk=True), equal=False)
 
 
 def masked_pair_scores(

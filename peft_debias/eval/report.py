@@ -8,7 +8,6 @@ dashed line at the ideal (50). It draws on a bare matplotlib ``Figure`` with the
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,25 +15,10 @@ from typing import Any
 
 from peft_debias.core.atomic import atomic_output
 from peft_debias.core.errors import DebiasError
+from peft_debias.eval.formatting import format_ci as _ci
+from peft_debias.eval.formatting import format_number as _num
+from peft_debias.eval.formatting import format_p as _p
 from peft_debias.eval.sources import AXES
-
-
-def _num(value: Any, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    return f"{value:.{digits}f}"
-
-
-def _ci(interval: Any, digits: int = 2) -> str:
-    if not interval or any(v is None for v in interval):
-        return ""
-    return f" [{_num(interval[0], digits)}, {_num(interval[1], digits)}]"
-
-
-def _p(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.3g}" if value >= 0.001 else f"{value:.1e}"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

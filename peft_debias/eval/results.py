@@ -9,17 +9,14 @@ test on them (:func:`compare_results`).
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from peft_debias.core.atomic import atomic_output
 from peft_debias.core.errors import DebiasError, one_line
+from peft_debias.core.jsonio import write_json
 from peft_debias.eval.stats import mcnemar_exact
 
 SCHEMA_VERSION = 1
@@ -30,24 +27,9 @@ PAIRED = {
 }
 
 
-def json_safe(value: Any) -> Any:
-    """``value`` with NaN/inf as None, numpy scalars as Python numbers and tuples as lists (strict JSON)."""
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def save_results(results: Mapping[str, Any], path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write results as indented strict JSON, atomically."""
-    with atomic_output(path, overwrite=overwrite) as tmp:
-        tmp.write_text(json.dumps(json_safe(results), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    return Path(path)
+    return write_json(path, results, overwrite=overwrite)
 
 
 def load_results(path: str | os.PathLike) -> dict[str, Any]:

@@ -6,9 +6,7 @@ the model, then runs the benchmarks on it and assembles the results dict.
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
-import platform
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, fields, replace
@@ -16,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peft_debias.core.errors import DebiasError
+from peft_debias.core.provenance import timestamp, versions
 from peft_debias.eval.benchmarks import BENCHMARKS, EvalConfig, check_benchmarks
 from peft_debias.eval.handle import ModelHandle, peek_kind, resolve_model
 from peft_debias.eval.results import SCHEMA_VERSION, compare_results, load_results
@@ -25,25 +24,7 @@ if TYPE_CHECKING:
     from peft_debias.models.loading import ModelKind
 
 logger = logging.getLogger(__name__)
-
-
-def versions() -> dict[str, str]:
-    """Versions of the libraries that decide the numbers."""
-    import numpy
-    import peft
-    import torch
-    import transformers
-
-    from peft_debias.core.version import __version__
-
-    return {
-        "peft_debias": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "numpy": numpy.__version__,
-        "python": platform.python_version(),
-    }
+_VERSIONED = ("torch", "transformers", "peft", "numpy")  # the libraries that decide the numbers
 
 
 def _defaults(kind: ModelKind) -> list[str]:
@@ -79,8 +60,8 @@ def _header(
         "benchmarks": names,
         "axes": axes,
         "config": {k: v for k, v in asdict(config).items() if k != "progress"},
-        "versions": versions(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(_VERSIONED),
+        "created": timestamp(),
     }
 
 

@@ -14,7 +14,6 @@ from the Hugging Face Hub when it is reachable (:data:`HUB_DATASETS`); SEAT has 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Iterable
@@ -24,6 +23,7 @@ from typing import Any
 
 from peft_debias.core.data_dir import DATA_ENV, resolve_data_dir
 from peft_debias.core.errors import DebiasError, one_line
+from peft_debias.core.fingerprints import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -69,11 +69,7 @@ def check_axes(axes: str | Iterable[str] | None) -> list[str]:
 
 def sha256_of(path: Path) -> str:
     """First 16 hex digits of a file's sha256, recorded with results so a run names its exact data."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    return sha256_file(path)
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peft_debias.core.atomic import atomic_output
 from peft_debias.core.errors import DebiasError
+from peft_debias.core.jsonio import write_json, write_jsonl
 from peft_debias.experiment.grid import Cell
 
 logger = logging.getLogger(__name__)
@@ -62,14 +62,6 @@ def load_result(output: Path, cell: Cell) -> dict[str, Any] | None:
         raise DebiasError(f"cell result {path} is not valid JSON", "delete that cell folder and run again") from err
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Strict JSON (NaN as null), written atomically, replacing an older file."""
-    from peft_debias.eval.results import json_safe
-
-    with atomic_output(path, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(json_safe(data), indent=1, allow_nan=False) + "\n", encoding="utf-8")
-
-
 def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
     """Compute one cell and publish ``cells/<run_id>/result.json`` atomically; returns the result."""
     final = cell_dir(ctx.output, cell.run_id)
@@ -89,7 +81,7 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
         "seconds": time.perf_counter() - started,
     }
     partial.mkdir(parents=True, exist_ok=True)
-    write_json(partial / RESULT, result)
+    write_json(partial / RESULT, result, indent=1)
     if final.exists():  # a folder without result.json (e.g. copied by hand): replaced
         shutil.rmtree(final)
     os.replace(partial, final)
@@ -157,7 +149,7 @@ def _run_adapter(cell: Cell, ctx: RunContext, partial: Path) -> dict[str, Any]:
     def on_step(step: int, model: Any, tokenizer: Any) -> None:
         if step in steps:
             logger.info("%s: evaluating step %d", cell.run_id, step)
-            write_json(_point_file(points, step), evaluate_point(model, tokenizer, spec, ctx))
+            write_json(_point_file(points, step), evaluate_point(model, tokenizer, spec, ctx), indent=1)
 
     if resume:
         logger.info("%s: resuming the interrupted training", cell.run_id)
@@ -201,7 +193,7 @@ def _run_vector(cell: Cell, ctx: RunContext, partial: Path) -> dict[str, Any]:
     partial.mkdir(parents=True)
     sentences = vector_sentences(spec)
     corpus = partial / "train_text.jsonl"
-    corpus.write_text("".join(json.dumps({"text": s}) + "\n" for s in sentences), encoding="utf-8")
+    write_jsonl(corpus, ({"text": s} for s in sentences))
     biased_dir = partial / "biased"
     config = BiasedConfig(**spec["biased"], output=str(biased_dir), corpus=[str(corpus)], progress=ctx.progress)
     trained = train_biased(config)

@@ -19,7 +19,6 @@ new id. Settings that cannot change results (logging, held-out-loss and checkpoi
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_debias.core.errors import DebiasError
+from peft_debias.core.fingerprints import sha256_text
 from peft_debias.experiment.config import ExperimentConfig
 
 HARNESS_VERSION = 1
@@ -94,7 +94,7 @@ def _slug(text: str) -> str:
 def run_id(slug: str, spec: dict[str, Any]) -> str:
     """``<slug>-<12 hex digits of SHA-256(canonical JSON of spec)>``."""
     blob = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
-    return f"{slug}-{hashlib.sha256(blob.encode('utf-8')).hexdigest()[:12]}"
+    return f"{slug}-{sha256_text(blob, 12)}"
 
 
 def variants(search: dict[str, list[Any]]) -> list[dict[str, Any]]:

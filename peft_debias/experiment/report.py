@@ -11,28 +11,22 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from peft_debias.core.atomic import atomic_output
-from peft_debias.eval.results import json_safe
+from peft_debias.core.jsonio import dumps
+from peft_debias.eval.formatting import format_ci
+from peft_debias.eval.formatting import format_number as _f
+from peft_debias.eval.formatting import format_p as _p
 
 CHARTS = ("bias_vs_quality.png", "lambda_curves.png")
 
 
-def _f(x: Any, digits: int = 2) -> str:
-    return "n/a" if not isinstance(x, (int, float)) or not math.isfinite(x) else f"{x:.{digits}f}"
-
-
 def _pct(x: Any) -> str:
     return "n/a" if not isinstance(x, (int, float)) or not math.isfinite(x) else f"{100 * x:+.1f}%"
-
-
-def _p(x: Any) -> str:
-    return "n/a" if not isinstance(x, (int, float)) or not math.isfinite(x) else f"{x:.3g}"
 
 
 def _pt(point: Any) -> str:
@@ -42,9 +36,7 @@ def _pt(point: Any) -> str:
 def _summ(s: Mapping[str, Any] | None, digits: int = 2) -> str:
     if not s or not s.get("n"):
         return "n/a"
-    text = f"{_f(s['mean'], digits)} ± {_f(s['sd'], digits)}"
-    lo, hi = s.get("ci95") or (None, None)
-    return text + (f" [{_f(lo, digits)}, {_f(hi, digits)}]" if isinstance(lo, float) and math.isfinite(lo) else "")
+    return f"{_f(s['mean'], digits)} ± {_f(s['sd'], digits)}" + format_ci(s.get("ci95"), digits)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -320,7 +312,7 @@ def write_outputs(summary: dict[str, Any], output: Path) -> list[Path]:
         written.append(output / name)
     summary["charts"] = charts
     texts = {
-        "summary.json": json.dumps(json_safe(summary), indent=1, allow_nan=False) + "\n",
+        "summary.json": dumps(summary, indent=1) + "\n",
         "results.csv": results_csv(summary),
         "report.md": markdown_report(summary),
     }

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from peft_debias.core.errors import DebiasError
-from peft_debias.experiment.cells import RunContext, is_done, load_result, run_cell, write_json
+from peft_debias.core.jsonio import write_json
+from peft_debias.experiment.cells import RunContext, is_done, load_result, run_cell
 from peft_debias.experiment.config import ExperimentConfig
 from peft_debias.experiment.grid import Cell, expand_grid
 
@@ -92,7 +93,7 @@ def run_experiment(
         "config": asdict(config), "data_dir": str(data),
         "cells": [{"run_id": c.run_id, "kind": c.kind, "model": c.model, "axis": c.axis, "config": c.config,
                    "role": c.role, "seed": c.seed} for c in cells],
-    })  # fmt: skip
+    }, indent=1)  # fmt: skip
     keep = keep_biased if keep_biased is not None else bool(config.vector and config.vector.keep_biased)
     ctx = RunContext(out, data, progress=progress, keep_biased=keep)
     if not report_only:

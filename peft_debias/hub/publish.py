@@ -17,20 +17,16 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from peft_debias.core.errors import DebiasError, one_line
+from peft_debias.core.hub_ids import check_repo_id, check_revision
 from peft_debias.hub.artifact import ADAPTER_KINDS, Artifact, inspect_artifact
 
 logger = logging.getLogger(__name__)
-
-_REPO_PART = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}"
-_REPO_ID = re.compile(rf"^(?:{_REPO_PART}/)?{_REPO_PART}$")
-_BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(?:/[A-Za-z0-9_.-]+)*$")
 
 
 @dataclass
@@ -45,40 +41,6 @@ class PublishResult:
     files: list[str] = field(default_factory=list)  # paths written (README.md included)
     deleted: list[str] = field(default_factory=list)  # stale files of an earlier artifact removed
     card: str = ""  # the README.md uploaded
-
-
-# ---------------------------------------------------------------------------------------------- names
-def check_repo_id(repo_id: Any) -> str:
-    """``org/name`` or ``name``, refused (before any request) if empty, nested, or a path in disguise."""
-    text = repo_id if isinstance(repo_id, str) else ""
-    fix = "pass a Hub repo id such as my-org/gender-debias-lora (letters, digits, '-', '_', '.')"
-    if not text.strip():
-        raise DebiasError("the repo id is empty", fix)
-    if text != text.strip() or any(ch.isspace() for ch in text):
-        raise DebiasError(f"repo id {text!r} contains spaces", fix)
-    if text.count("/") > 1 or text.startswith("/") or text.endswith("/"):
-        raise DebiasError(f"repo id {text!r} is not 'namespace/name'", fix)
-    if ".." in text or "\\" in text or "--" in text or text.endswith(".git") or not _REPO_ID.match(text):
-        raise DebiasError(f"repo id {text!r} is not a valid Hub repo id", fix)
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(text)
-    except HFValidationError as err:
-        raise DebiasError(f"repo id {text!r} is not a valid Hub repo id ({one_line(err, 120)})", fix) from err
-    return text
-
-
-def check_revision(revision: str | None) -> str:
-    """A branch name (created if missing); ``None`` is ``main``. Commit ids and odd names are refused."""
-    if revision is None:
-        return "main"
-    text = str(revision)
-    if re.fullmatch(r"[0-9a-f]{40}", text):
-        raise DebiasError(f"revision {text} is a commit id", "publish to a branch name (it is created if missing)")
-    if not _BRANCH.match(text) or ".." in text or text.endswith((".lock", "/")):
-        raise DebiasError(f"revision {text!r} is not a valid branch name", "use letters, digits, '-', '_', '.', '/'")
-    return text
 
 
 def _base_source(base: Mapping[str, Any]) -> str:

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -24,6 +23,8 @@ from typing import Any
 import torch
 
 from peft_debias.core.errors import DebiasError, one_line
+from peft_debias.core.fingerprints import tensors_fingerprint
+from peft_debias.core.hub_ids import is_hub_id
 from peft_debias.core.provenance import DEBIAS_CONFIG
 
 logger = logging.getLogger(__name__)
@@ -68,12 +69,7 @@ def backbone_fingerprint(model: torch.nn.Module) -> str:
     and ``XForTokenClassification`` built from the same weights share one fingerprint. Injected adapter layers
     (a ``PeftModel``) are ignored; the dtype is part of the hash.
     """
-    digest = hashlib.sha256()
-    for name, tensor in sorted(_backbone_tensors(model), key=lambda item: item[0]):
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(flat.view(torch.uint8).numpy())
-    return digest.hexdigest()[:16]
+    return tensors_fingerprint(_backbone_tensors(model))
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -106,10 +102,7 @@ class AdapterFiles:
 
 
 def _looks_like_repo(source: str) -> bool:
-    from peft_debias.models.loading import _HUB_ID
-
-    looks_local = source.startswith((".", "/", "~")) or "\\" in source or source.count("/") != 1 or ".." in source
-    return not looks_local and bool(_HUB_ID.match(source))
+    return is_hub_id(source, namespace_required=True)
 
 
 def _download(repo: str, revision: str | None, allow_pickle: bool, token: str | None) -> Path:

@@ -32,7 +32,8 @@ def merge_to_folder(
     written with the model.
     """
     from peft_debias.core.atomic import atomic_output, check_destination
-    from peft_debias.core.provenance import DEBIAS_CONFIG, FORMAT_VERSION, sha256_files, timestamp, versions, write_json
+    from peft_debias.core.fingerprints import sha256_files
+    from peft_debias.core.provenance import sidecar, write_sidecar
     from peft_debias.loader.attach import check_mergeable, load_debias_adapter
     from peft_debias.loader.checks import SAFETENSORS_FILE, backbone_fingerprint, read_adapter
     from peft_debias.models.loading import load_model, weights_fingerprint
@@ -53,13 +54,12 @@ def merge_to_folder(
     }
     merged = load_debias_adapter(loaded.model, files, mode="merge", allow_base_mismatch=allow_base_mismatch)
     axes = [a.axis or "unknown" for a in files]
-    info = {
-        "format_version": FORMAT_VERSION,
-        "artifact": "merged_model",
-        "axis": "+".join(axes),
-        "axes": axes,
-        "base_model": base_info,
-        "adapters": [
+    info = sidecar(
+        "merged_model",
+        axis="+".join(axes),
+        axes=axes,
+        base_model=base_info,
+        adapters=[
             {
                 "source": a.source,
                 "revision": a.revision,
@@ -73,15 +73,13 @@ def merge_to_folder(
             }
             for a in files
         ],
-        "merged": {
+        merged={
             "weights_fingerprint": weights_fingerprint(merged),
             "backbone_fingerprint": backbone_fingerprint(merged),
         },
-        "versions": versions(),
-        "created": timestamp(),
-    }
+    )
     with atomic_output(output, overwrite=overwrite, directory=True) as tmp:
         merged.save_pretrained(str(tmp))
         loaded.tokenizer.save_pretrained(str(tmp))
-        write_json(tmp / DEBIAS_CONFIG, info)
+        write_sidecar(tmp, info)
     return info

@@ -11,7 +11,6 @@ Bundled aliases work offline: ``bundled:minilm`` (all-MiniLM-L6-v2, a bare BERT 
 from __future__ import annotations
 
 import enum
-import hashlib
 import importlib.util
 import json
 import logging
@@ -27,12 +26,14 @@ import torch
 
 from peft_debias.core.atomic import atomic_output
 from peft_debias.core.errors import DebiasError, one_line
+from peft_debias.core.fingerprints import file_ends_fingerprint, tensors_fingerprint
+from peft_debias.core.hub_ids import is_hub_id
+from peft_debias.core.jsonio import write_json
 
 logger = logging.getLogger(__name__)
 
 BUNDLED_PREFIX = "bundled:"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-_HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
 _MIB = 1 << 20
 
 
@@ -111,13 +112,7 @@ def _cache_root() -> Path:
 
 def _gguf_fingerprint(path: Path) -> str:
     """Short id of a GGUF file: its size and the sha256 of its first and last MiB (cheap on large files)."""
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as fh:
-        digest.update(fh.read(_MIB))
-        fh.seek(max(size - _MIB, 0))
-        digest.update(fh.read(_MIB))
-    return digest.hexdigest()[:12]
+    return file_ends_fingerprint(path, span=_MIB, length=12)
 
 
 def _is_complete(folder: Path) -> bool:
@@ -139,9 +134,7 @@ def _convert_gguf(gguf: Path, dest: Path) -> None:
     model.load_state_dict(quantised.state_dict())
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
-    (dest / "peft_debias_source.json").write_text(
-        json.dumps({"gguf_file": gguf.name, "fingerprint": _gguf_fingerprint(gguf)}, indent=2) + "\n"
-    )
+    write_json(dest / "peft_debias_source.json", {"gguf_file": gguf.name, "fingerprint": _gguf_fingerprint(gguf)})
 
 
 def _smollm2_folder(gguf: Path, install: str) -> Path:
@@ -231,8 +224,7 @@ def _resolve(name: str) -> _Source:
         return _Source(str(local.resolve()), True)
     if local.exists():
         raise DebiasError(f"model {name} is a file, not a folder", "pass the folder that holds config.json")
-    looks_local = name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1 or ".." in name
-    if looks_local or not _HUB_ID.match(name):
+    if not is_hub_id(name):  # a local path never is one
         raise DebiasError(
             f"model {name} not found",
             f"pass an existing model folder, a Hub id (org/model) or one of {', '.join(list_bundled())}",
@@ -382,9 +374,4 @@ def load_model(
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
     """First 16 hex digits of a sha256 over the sorted (name, dtype, shape, bytes) of the state dict."""
-    digest = hashlib.sha256()
-    for key, tensor in sorted(model.state_dict().items()):
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{key}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(flat.view(torch.uint8).numpy())
-    return digest.hexdigest()[:16]
+    return tensors_fingerprint(model.state_dict().items())

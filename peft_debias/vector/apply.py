@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import logging
 import math
 import time
@@ -22,13 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from peft_debias.cards.vector import light_versions, render_debiased_card, render_vector_card, timestamp
+from peft_debias.cards.vector import render_debiased_card, render_vector_card
 from peft_debias.core.atomic import atomic_output, check_destination
 from peft_debias.core.errors import DebiasError
+from peft_debias.core.fingerprints import tensor_bytes
+from peft_debias.core.provenance import DEBIAS_CONFIG, sidecar, write_sidecar
 from peft_debias.models.loading import weights_fingerprint
 from peft_debias.vector.folders import copy_side_files, tied_aliases
 from peft_debias.vector.lora import LoraDelta, write_negated_adapter
-from peft_debias.vector.meta import FORMAT_VERSION, VECTOR_JSON, VectorMeta, open_checkpoint
+from peft_debias.vector.meta import VECTOR_JSON, VectorMeta, open_checkpoint
 from peft_debias.vector.shard_writer import ShardWriter, parse_size
 from peft_debias.vector.stream import DEFAULT_CHUNK_BYTES, Checkpoint, release_memory, row_blocks, single_thread
 from peft_debias.vector.terms import (
@@ -125,9 +126,9 @@ def merge_into_folder(
         files = [p.name for p in writer.close()]
         files += copy_side_files(ckpt.folder, tmp)
         data = debiased_info(vector, base, ckpt, scale, info, changed, params)
-        (tmp / "debias_config.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        write_sidecar(tmp, data)
         (tmp / "README.md").write_text(render_debiased_card(data), encoding="utf-8")
-        files += ["debias_config.json", "README.md"]
+        files += [DEBIAS_CONFIG, "README.md"]
     ckpt.close()
     matches = _base_matches(vbase, digests, ckpt) if verify else None
     result = MergeResult(Path(output), len(plan), changed, params, files, time.perf_counter() - started, matches)
@@ -145,13 +146,13 @@ def _merge_tensor(ckpt, vector, name: str, source: str | None, scale: float, wri
         if source is None:
             block = ckpt.read(name, start, stop)
             if digest is not None:
-                digest.update(block.reshape(-1).view(torch.uint8).numpy())
+                digest.update(tensor_bytes(block))
             writer.append(name, block)
             continue
         pre = ckpt.read(source, start, stop, shared=True)
         if digest is not None:
             own = pre if source == name else ckpt.read(name, start, stop)
-            digest.update(own.reshape(-1).view(torch.uint8).numpy())
+            digest.update(tensor_bytes(own))
         out = vector.rows(source, start, stop, scale).add_(pre.float()).to(binfo.torch_dtype)
         if not bool(torch.isfinite(out).all()) and bool(torch.isfinite(pre).all()):
             raise DebiasError(
@@ -178,9 +179,7 @@ def _base_matches(vbase: dict[str, Any], digests: dict[str, str], ckpt) -> bool:
 
 def debiased_info(vector, base, ckpt, scale, info, changed, params) -> dict[str, Any]:
     """The ``debias_config.json`` of a debiased model folder."""
-    return {
-        "format_version": FORMAT_VERSION,
-        "artifact": "debiased_model",
+    fields = {
         "paper": "bias_vector",
         "axis": vector.meta.axis,
         "lambda": -scale,
@@ -200,9 +199,8 @@ def debiased_info(vector, base, ckpt, scale, info, changed, params) -> dict[str,
             "params_changed": params,
         },
         **(info or {}),
-        "versions": light_versions(),
-        "created": timestamp(),
     }
+    return sidecar("debiased_model", fields)
 
 
 def apply_to_module(vector: BiasVector, model: torch.nn.Module, scale: float, check_base: bool = True):
@@ -257,21 +255,17 @@ def save_vector(vector: BiasVector, path: Path, *, overwrite: bool, shard_size: 
                 sum_sq += float(torch.linalg.vector_norm(block, dtype=torch.float64)) ** 2
                 writer.append(name, block)
         files = [p.name for p in writer.close()]
-        data = {
-            "format_version": FORMAT_VERSION,
-            "artifact": "bias_vector",
-            "paper": "bias_vector",
-            **meta.to_dict(),
-            "sources": [{"coefficient": c, **t.describe()} for c, t in vector.terms],
-            "tensors": len(vector),
-            "params": vector.num_params,
-            "norm": math.sqrt(sum_sq),
-            "dtype": "float32",
-            "files": files,
-            "versions": light_versions(),
-            "created": timestamp(),
-        }
-        (tmp / VECTOR_JSON).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        data = sidecar(
+            "bias_vector",
+            {"paper": "bias_vector", **meta.to_dict()},
+            sources=[{"coefficient": c, **t.describe()} for c, t in vector.terms],
+            tensors=len(vector),
+            params=vector.num_params,
+            norm=math.sqrt(sum_sq),
+            dtype="float32",
+            files=files,
+        )
+        write_sidecar(tmp, data, VECTOR_JSON)
         (tmp / "README.md").write_text(render_vector_card(data), encoding="utf-8")
     return path
 
@@ -286,18 +280,13 @@ def write_adapter(vector: BiasVector, output: Path, scale: float, *, overwrite: 
     coef, term = vector.terms[0]
     with atomic_output(output, overwrite=overwrite, directory=True) as tmp:
         modules = write_negated_adapter(term, scale * coef, tmp)
-        data = {
-            "format_version": FORMAT_VERSION,
-            "artifact": "negated_adapter",
-            "paper": "bias_vector",
-            "axis": vector.meta.axis,
-            "lambda": -scale * coef,
-            "scale": scale * coef,
-            "base_model": vector.meta.base,
-            "vector": {"sources": [term.describe()], "exclude": vector.meta.exclude, "modules": len(modules)},
-            "versions": light_versions(),
-            "created": timestamp(),
-        }
-        (tmp / "debias_config.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        fields = {"paper": "bias_vector", "axis": vector.meta.axis, "lambda": -scale * coef, "scale": scale * coef}
+        data = sidecar(
+            "negated_adapter",
+            fields,
+            base_model=vector.meta.base,
+            vector={"sources": [term.describe()], "exclude": vector.meta.exclude, "modules": len(modules)},
+        )
+        write_sidecar(tmp, data)
         (tmp / "README.md").write_text(render_debiased_card(data, adapter=True), encoding="utf-8")
     return output

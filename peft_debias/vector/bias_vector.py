@@ -24,12 +24,12 @@ from typing import Any
 import torch
 
 from peft_debias.core.errors import DebiasError
+from peft_debias.core.provenance import FORMAT_VERSION
 from peft_debias.models.loading import weights_fingerprint
 from peft_debias.vector.apply import apply_to_module, merge_into_folder, save_vector, write_adapter
 from peft_debias.vector.folders import resolve_folder, tied_aliases
 from peft_debias.vector.lora import LoraDelta
 from peft_debias.vector.meta import (
-    FORMAT_VERSION,
     VECTOR_JSON,
     VectorMeta,
     _check_same_base,

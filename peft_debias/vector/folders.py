@@ -9,12 +9,12 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from peft_debias.core.errors import DebiasError, one_line
+from peft_debias.core.hub_ids import is_hub_id
 from peft_debias.models.loading import BUNDLED_PREFIX, bundled_model_path
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".index.json")
@@ -54,7 +54,6 @@ def tied_aliases(config: dict[str, Any], names: Sequence[str]) -> dict[str, str]
     return {n: sources[0] for n in names if n.endswith(OUTPUT_EMBEDDINGS) and n != sources[0]}
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 MODEL_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "tokenizer*"]
 
 
@@ -71,7 +70,7 @@ def resolve_folder(
         return local
     if local.exists():
         raise DebiasError(f"{text} is a file, not a folder", "pass the folder that holds the files")
-    if not _HUB_ID.match(text) or text.startswith((".", "/", "~")):
+    if not is_hub_id(text, namespace_required=True):
         raise DebiasError(f"{text} not found", "pass an existing folder, a Hub id (org/name) or a bundled: alias")
     import huggingface_hub
     from huggingface_hub import constants

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from peft_debias.core.errors import DebiasError, one_line
+from peft_debias.core.jsonio import write_json
 from peft_debias.vector.stream import TensorInfo
 from peft_debias.vector.terms import Term, is_excluded
 
@@ -184,5 +185,5 @@ def write_negated_adapter(delta: LoraDelta, factor: float, dest: Path) -> list[s
     config["target_modules"] = sorted(kept_modules)
     config["init_lora_weights"] = True
     save_file(out, str(dest / "adapter_model.safetensors"), metadata={"format": "pt"})
-    (dest / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_json(dest / ADAPTER_CONFIG, config, sort_keys=True)
     return sorted(kept_modules)

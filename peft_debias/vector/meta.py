@@ -15,7 +15,6 @@ from peft_debias.vector.folders import resolve_folder
 from peft_debias.vector.stream import Checkpoint
 
 VECTOR_JSON = "bias_vector.json"
-FORMAT_VERSION = 1
 
 
 def check_scalar(value: Any, what: str = "lambda") -> float:

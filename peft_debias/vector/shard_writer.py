@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 import torch
 
 from peft_debias.core.errors import DebiasError
+from peft_debias.core.jsonio import write_json
 from peft_debias.vector.stream import TensorInfo
 
 
@@ -135,7 +136,7 @@ class ShardWriter:
                 "metadata": {"total_size": self.total_size},
                 "weight_map": {name: shard.path.name for shard in self.shards for name in shard.names},
             }
-            (self.folder / f"{self.prefix}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+            write_json(self.folder / f"{self.prefix}.safetensors.index.json", index)
         return [shard.path for shard in self.shards]
 
     def abort(self) -> None:

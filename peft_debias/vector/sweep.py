@@ -11,7 +11,6 @@ The eval suite has no validation split of the bias benchmarks, so the choice res
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +22,7 @@ import torch
 
 from peft_debias.core.atomic import atomic_output
 from peft_debias.core.errors import DebiasError
+from peft_debias.core.jsonio import write_json
 from peft_debias.vector.bias_vector import BiasVector
 from peft_debias.vector.meta import check_scalar
 
@@ -228,20 +228,10 @@ def plot_sweep(sweep: Mapping[str, Any], path: str | Path) -> Path:
 def write_sweep(sweep: Mapping[str, Any], output: str | Path, *, overwrite: bool = False) -> Path:
     """Write ``sweep.json``, ``sweep.md`` and ``sweep.png`` into the folder ``output`` (atomically)."""
     with atomic_output(output, overwrite=overwrite, directory=True) as tmp:
-        (tmp / "sweep.json").write_text(json.dumps(_json_safe(sweep), indent=2) + "\n", encoding="utf-8")
+        write_json(tmp / "sweep.json", sweep)
         (tmp / "sweep.md").write_text(sweep_table(sweep), encoding="utf-8")
         plot_sweep(sweep, tmp / "sweep.png")
     return Path(output)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def evaluate_with_suite(**eval_options: Any) -> EvaluateFn:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from peft_debias.core.errors import DebiasError
+from peft_debias.core.fingerprints import digests_fingerprint, tensor_bytes
 from peft_debias.vector.stream import DEFAULT_CHUNK_BYTES, DTYPE_NAMES, Checkpoint, TensorInfo, row_blocks
 
 # Exclusion presets (regexes over tensor names). The Bias Vector paper leaves LayerNorm out of the vector.
@@ -176,14 +177,11 @@ def file_fingerprint(checkpoint: Checkpoint, chunk_bytes: int = DEFAULT_CHUNK_BY
     for name, info in checkpoint.tensors.items():
         digest = hashlib.sha256()
         for start, stop in row_blocks(info.shape, info.torch_dtype.itemsize, chunk_bytes):
-            digest.update(checkpoint.read(name, start, stop).reshape(-1).view(torch.uint8).numpy())
+            digest.update(tensor_bytes(checkpoint.read(name, start, stop)))
         per_tensor[name] = digest.hexdigest()
     return fingerprint_from_digests(per_tensor, checkpoint.tensors)
 
 
 def fingerprint_from_digests(per_tensor: dict[str, str], infos: dict[str, TensorInfo]) -> str:
-    total = hashlib.sha256()
-    for name in sorted(per_tensor):
-        info = infos[name]
-        total.update(f"{name}|{info.dtype}|{list(info.shape)}|{per_tensor[name]}\n".encode())
-    return total.hexdigest()[:16]
+    """The checkpoint fingerprint of :func:`file_fingerprint` from the sha256 hex digests of its tensors' bytes."""
+    return digests_fingerprint({name: (infos[name].dtype, infos[name].shape, d) for name, d in per_tensor.items()})
