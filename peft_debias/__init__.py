@@ -22,7 +22,7 @@ _EXPORTS = {
     "build_cda_dataset": "peft_debias.cda.dataset",
     "load_model": "peft_debias.models.loading",
     "train_adapter": "peft_debias.train.adapter",
-    "TrainConfig": "peft_debias.train.adapter",
+    "TrainConfig": "peft_debias.train.config",
     "METHODS": "peft_debias.models.methods",
     "ModelKind": "peft_debias.models.loading",
     "BiasVector": "peft_debias.vector.bias_vector",

@@ -165,7 +165,8 @@ def train_and_evaluate(args: argparse.Namespace) -> dict[str, Any] | None:
     from peft_debias.cda.axes import get_axis
     from peft_debias.core.atomic import atomic_output, check_destination
     from peft_debias.core.errors import DebiasError
-    from peft_debias.core.provenance import versions, write_json
+    from peft_debias.core.jsonio import write_json
+    from peft_debias.core.provenance import versions
     from peft_debias.eval import fairness
     from peft_debias.loader.attach import adapter_parameters, load_debias_adapter
 

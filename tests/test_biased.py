@@ -14,7 +14,8 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
 from peft_debias import BiasVector
 from peft_debias.core.errors import DebiasError
-from peft_debias.train.biased import BiasedConfig, split_sentences, stereotype_sentences, train_biased
+from peft_debias.train.biased import BiasedConfig, stereotype_sentences, train_biased
+from peft_debias.train.data import split_sentences
 
 STEREOSET = "stereoset/stereoset_dev_flat.jsonl"
 

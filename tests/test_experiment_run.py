@@ -15,7 +15,8 @@ import peft_debias.train.adapter as train_mod
 from peft_debias.experiment import cells as cells_mod
 from peft_debias.experiment import expand_grid, load_experiment_config, run_experiment
 from peft_debias.experiment.cells import RunContext, run_cell
-from peft_debias.train.adapter import TrainConfig, train_adapter
+from peft_debias.train.adapter import train_adapter
+from peft_debias.train.config import TrainConfig
 
 TINY = Path(__file__).resolve().parents[1] / "recipes" / "experiments" / "tiny.yaml"
 

@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file
 from tiny_models import CORPUS
 
-from peft_debias.train.adapter import work_dir
+from peft_debias.train.work import work_dir
 from peft_debias.vector.shard_writer import ShardWriter
 from peft_debias.vector.stream import Checkpoint
 

@@ -12,7 +12,8 @@ import torch
 from tiny_models import CORPUS
 
 from peft_debias.loader.attach import adapter_parameters
-from peft_debias.train.adapter import TrainConfig, train_adapter
+from peft_debias.train.adapter import train_adapter
+from peft_debias.train.config import TrainConfig
 
 _CACHE: dict[tuple[str, str, str], Path] = {}
 

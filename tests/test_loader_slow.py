@@ -14,7 +14,8 @@ from transformers import BertForSequenceClassification
 
 from peft_debias.loader.attach import adapter_parameters, load_debias_adapter
 from peft_debias.models.loading import bundled_model_path, load_model
-from peft_debias.train.adapter import TrainConfig, train_adapter
+from peft_debias.train.adapter import train_adapter
+from peft_debias.train.config import TrainConfig
 
 pytestmark = pytest.mark.slow
 

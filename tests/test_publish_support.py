@@ -73,7 +73,8 @@ def sample_results(model: str, adapter: Path | None, shift: float) -> dict:
 
 def train_tiny_adapter(base: Path, root: Path, name: str, corpus_lines: list[str], **options) -> Path:
     """A few LoRA steps on a tiny causal LM: a real adapter folder (weights, configs, card) at ``root / name``."""
-    from peft_debias.train.adapter import TrainConfig, train_adapter
+    from peft_debias.train.adapter import train_adapter
+    from peft_debias.train.config import TrainConfig
 
     corpus = root / "corpus.txt"
     corpus.write_text("\n".join(corpus_lines * 2) + "\n")

@@ -13,7 +13,9 @@ from tiny_models import CORPUS
 
 from peft_debias.core.errors import DebiasError
 from peft_debias.models.loading import load_model
-from peft_debias.train.adapter import TrainConfig, train_adapter, work_dir
+from peft_debias.train.adapter import train_adapter
+from peft_debias.train.config import TrainConfig
+from peft_debias.train.work import work_dir
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from peft_debias.core.errors import DebiasError, one_line
+from peft_debias.core.fingerprints import sha256_files
 from peft_debias.core.hub_ids import is_dataset_source, split_config
-from peft_debias.core.provenance import sha256_files
 
 logger = logging.getLogger(__name__)
 

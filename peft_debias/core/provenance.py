@@ -18,12 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from peft_debias.core.errors import DebiasError, one_line
-from peft_debias.core.fingerprints import sha256_files
 from peft_debias.core.jsonio import write_json
 from peft_debias.core.version import __version__
-
-__all__ = ["DEBIAS_CONFIG", "FORMAT_VERSION", "PAPERS", "VERSIONED", "read_debias_config", "sha256_files", "sidecar",
-           "timestamp", "versions", "write_json", "write_sidecar"]  # fmt: skip
 
 DEBIAS_CONFIG = "debias_config.json"
 FORMAT_VERSION = 1

@@ -121,7 +121,7 @@ def _point_file(folder: Path, step: int) -> Path:
 def _resumable(partial: Path, steps: list[int]) -> bool:
     """An interrupted adapter cell can resume when its trainer left a checkpoint state and every evaluation up to
     the last checkpoint was saved."""
-    from peft_debias.train.adapter import work_dir
+    from peft_debias.train.work import work_dir
 
     work = work_dir(partial / "adapter")
     if not (work / "train_config.json").is_file():
@@ -132,7 +132,8 @@ def _resumable(partial: Path, steps: list[int]) -> bool:
 
 
 def _run_adapter(cell: Cell, ctx: RunContext, partial: Path) -> dict[str, Any]:
-    from peft_debias.train.adapter import TrainConfig, train_adapter
+    from peft_debias.train.adapter import train_adapter
+    from peft_debias.train.config import TrainConfig
 
     spec, steps = cell.spec, list(cell.spec["steps"])
     resume = _resumable(partial, steps)

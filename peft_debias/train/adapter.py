@@ -2,8 +2,7 @@
 
 :func:`train_adapter` checks that the method is a PEFT method and runs the training loop
 (:mod:`peft_debias.train.loop`, where its design is described), which writes the adapter artifact
-(:mod:`peft_debias.train.artifact`). The config and result types live in :mod:`peft_debias.train.config` and are
-importable from here as well.
+(:mod:`peft_debias.train.artifact`). The config and result types live in :mod:`peft_debias.train.config`.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from typing import Any
 
 from peft_debias.train.config import FULL, StepCallback, TrainConfig, TrainResult
 from peft_debias.train.loop import train
-from peft_debias.train.work import work_dir as work_dir  # where an interrupted run's work lives
 
 
 def train_adapter(

@@ -10,7 +10,7 @@ from typing import Any
 from peft_debias.cards.adapter import render_adapter_card
 from peft_debias.cda.corpora import corpus_provenance
 from peft_debias.core.atomic import atomic_output
-from peft_debias.core.provenance import FORMAT_VERSION, timestamp, versions, write_json
+from peft_debias.core.provenance import sidecar, write_sidecar
 from peft_debias.train.config import Trained
 
 
@@ -23,9 +23,7 @@ def adapter_info(trained: Trained, peft_type: str) -> dict[str, Any]:
         method.update(r=options.r, alpha=options.alpha, dropout=options.dropout, target_modules=options.target_modules)
     elif config.method in ("prefix", "prompt"):
         method.update(num_virtual_tokens=options.num_virtual_tokens)
-    return {
-        "format_version": FORMAT_VERSION,
-        "artifact": "adapter",
+    fields = {
         "paper": "peftdebias",
         "axis": axis.name if axis is not None else config.axis,
         "classes": list(axis.classes) if axis is not None else [],
@@ -63,9 +61,8 @@ def adapter_info(trained: Trained, peft_type: str) -> dict[str, Any]:
         "metrics": {"train_loss": result.train_loss, "eval_loss": result.eval_loss},
         "rank_fingerprints": result.rank_fingerprints,
         "train_config": {k: v for k, v in config.to_dict().items() if k not in ("resume", "overwrite", "progress")},
-        "versions": versions(),
-        "created": timestamp(),
     }
+    return sidecar("adapter", fields)
 
 
 def write_folder(trained: Trained, info: dict[str, Any], card: str, save: Callable[[Path], None]) -> None:
@@ -74,7 +71,7 @@ def write_folder(trained: Trained, info: dict[str, Any], card: str, save: Callab
     config = trained.config
     with atomic_output(config.output, overwrite=config.overwrite, directory=True) as tmp:
         save(tmp)
-        write_json(tmp / "debias_config.json", info)
+        write_sidecar(tmp, info)
         log = trained.work / "training_log.jsonl"
         if log.exists():
             shutil.copyfile(log, tmp / "training_log.jsonl")

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from peft_debias.core.errors import DebiasError
+from peft_debias.core.provenance import sidecar
 from peft_debias.train.artifact import adapter_info, write_folder
 from peft_debias.train.config import FLAT_KEYS, TrainConfig, Trained, Writer
-from peft_debias.train.data import split_sentences as split_sentences
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def stereotype_sentences(
 
 def training_sentences(config: BiasedConfig) -> tuple[list[str], dict[str, Any]]:
     """The sentences to train on and their provenance."""
-    from peft_debias.core.provenance import sha256_files
+    from peft_debias.core.fingerprints import sha256_files
 
     if config.corpus:
         from peft_debias.cda.corpora import iter_sentences
@@ -230,12 +230,8 @@ def _adapter_info(trained: Trained, corpus: dict[str, Any], config: BiasedConfig
 
 
 def _model_info(trained: Trained, corpus: dict[str, Any], config: BiasedConfig) -> dict[str, Any]:
-    from peft_debias.core.provenance import timestamp, versions
-
     loaded, result = trained.loaded, trained.result
-    return {
-        "format_version": 1,
-        "artifact": "biased_model",
+    fields = {
         "paper": "bias_vector",
         "axis": config.axis,
         "method": "full",
@@ -257,9 +253,8 @@ def _model_info(trained: Trained, corpus: dict[str, Any], config: BiasedConfig) 
         },
         "metrics": {"train_loss": result.train_loss, "eval_loss": result.eval_loss},
         "biased_config": _jsonable(config),
-        "versions": versions(),
-        "created": timestamp(),
     }
+    return sidecar("biased_model", fields)
 
 
 def _jsonable(config: BiasedConfig) -> dict[str, Any]:

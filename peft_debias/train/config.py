@@ -16,7 +16,6 @@ from the run when the group is used. Everything else is also reachable through *
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import os
@@ -27,6 +26,7 @@ from typing import Any
 
 from peft_debias.cda.dataset import CDAConfig
 from peft_debias.core.errors import DebiasError
+from peft_debias.core.fingerprints import sha256_text
 from peft_debias.models.options import MethodOptions
 from peft_debias.train.flat import (
     default_of,
@@ -182,7 +182,7 @@ class TrainConfig:
     def fingerprint(self) -> str:
         """A digest of every setting that changes the result (a resumed run must match it)."""
         data = {k: v for k, v in self.to_dict().items() if k not in RESUME_FREE}
-        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return sha256_text(json.dumps(data, sort_keys=True, default=str))
 
     def cda_config(self) -> CDAConfig:
         """The CDA options with the run's axis and seed."""

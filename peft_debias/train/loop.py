@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from peft_debias.core.errors import DebiasError
+from peft_debias.core.fingerprints import float_params_digest
 from peft_debias.train import work as work_files
 from peft_debias.train.config import (
     FULL,
@@ -54,13 +55,8 @@ def _seed_for(*parts: int) -> int:
 
 
 def _weights_digest(model) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name, param in sorted((n, p) for n, p in model.named_parameters() if p.requires_grad):
-        digest.update(name.encode())
-        digest.update(param.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    """The trained weights' digest, compared across processes after training."""
+    return float_params_digest((n, p) for n, p in model.named_parameters() if p.requires_grad)
 
 
 @dataclass

@@ -34,13 +34,13 @@ states are right-aligned to the input (prompt tuning prepends virtual tokens), s
 from __future__ import annotations
 
 import contextlib
-import difflib
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from peft_debias.core.align import positions, spans
 from peft_debias.core.errors import DebiasError
 from peft_debias.models.loading import ModelKind
 from peft_debias.train.config import INVARIANCES, OBJECTIVES, REGULARISERS, ObjectiveConfig
@@ -211,14 +211,10 @@ def token_alignment(
     """How two token sequences (lengths ``la``, ``lb``) correspond: position pairs in the blocks difflib matches,
     and the spans it replaces (the swapped words, e.g. "he" -> "she", or "Jo hn" -> "Mary"). Spans inserted on one
     side only have no counterpart and are left out."""
-    matcher = difflib.SequenceMatcher(None, a[:la].tolist(), b[:lb].tolist(), autojunk=False)
-    same: list[tuple[int, int]] = []
-    swapped: list[tuple[range, range]] = []
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-        if tag == "equal":
-            same += [(i1 + k, j1 + k) for k in range(i2 - i1)]
-        elif tag == "replace":
-            swapped.append((range(i1, i2), range(j1, j2)))
+    parts = spans(a[:la].tolist(), b[:lb].tolist(), autojunk=False)
+    left, right = positions(parts, equal=True)
+    same = list(zip(left, right, strict=True))
+    swapped = [(in_a, in_b) for tag, in_a, in_b in parts if tag == "replace"]
     return same, swapped
 
 

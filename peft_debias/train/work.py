@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_debias.core.errors import DebiasError
+from peft_debias.core.jsonio import dumps
 from peft_debias.train.config import RESUME_FREE, TrainConfig
 
 WORK_SUFFIX = ".peft-debias-work"
@@ -66,14 +67,14 @@ def write_run_config(work: Path, config: TrainConfig) -> None:
     work.mkdir(parents=True, exist_ok=True)
     config_json = json.loads(json.dumps(config.to_dict(), default=str))
     replace_text(
-        work / RUN_CONFIG, json.dumps({"fingerprint": config.fingerprint(), "config": config_json}, indent=2) + "\n"
+        work / RUN_CONFIG, dumps({"fingerprint": config.fingerprint(), "config": config_json}) + "\n"
     )
 
 
 def append_log(work: Path, record: dict[str, Any]) -> None:
     """Add one record to the training log."""
     with open(work / LOG, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
+        fh.write(dumps(record, indent=None) + "\n")
 
 
 def save_checkpoint(work: Path, step: int, model, optimizer, scheduler, accelerator, full: bool) -> None:
