@@ -29,16 +29,17 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_loader_helpers import (
-    one_torch_thread,  # noqa: F401 - autouse fixture
-    trained_adapter,
-)
-from test_vector_support import perturb
-from tiny_models import CORPUS
 
 from peft_debias import BiasVector
 from peft_debias.cli.main import main
 from peft_debias.core.errors import DebiasError
+
+from support.loader import (
+    one_torch_thread,  # noqa: F401 - autouse fixture
+    trained_adapter,
+)
+from support.tiny_models import CORPUS
+from support.vector import perturb
 
 CORPUS_TEXT = "\n".join(CORPUS * 2) + "\n"
 

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_vector_support import load_all
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
 from peft_debias import BiasVector
 from peft_debias.core.errors import DebiasError
 from peft_debias.train.biased import BiasedConfig, split_sentences, stereotype_sentences, train_biased
+
+from support.vector import load_all
 
 STEREOSET = "stereoset/stereoset_dev_flat.jsonl"
 

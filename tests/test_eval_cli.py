@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from eval_helpers import build_small_data
+
+from support.eval_helpers import build_small_data
 
 HEADER = ",sent_more,sent_less,stereo_antistereo,bias_type,annotations,anon_writer,anon_annotators\n"
 

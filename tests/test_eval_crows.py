@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from eval_helpers import manual_causal_mean, manual_masked_logprob, single_thread  # noqa: F401
 
 from peft_debias.core.errors import DebiasError
 from peft_debias.eval.crows import (
@@ -22,6 +21,8 @@ from peft_debias.eval.crows import (
     shared_token_positions,
 )
 from peft_debias.models.loading import ModelKind, load_model
+
+from support.eval_helpers import manual_causal_mean, manual_masked_logprob, single_thread  # noqa: F401
 
 PAIRS = [
     CrowsPair("0", "He is a doctor.", "She is a doctor.", "antistereo", "gender"),

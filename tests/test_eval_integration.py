@@ -11,9 +11,10 @@ import math
 from pathlib import Path
 
 import pytest
-from eval_helpers import single_thread  # noqa: F401
 
 from peft_debias.eval import SEAT_AXIS_TESTS, evaluate_bias
+
+from support.eval_helpers import single_thread  # noqa: F401
 
 pytestmark = pytest.mark.slow
 

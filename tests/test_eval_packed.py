@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from eval_helpers import manual_causal_mean, single_thread  # noqa: F401
 
 from peft_debias.eval import packed
 from peft_debias.eval.lm_scoring import causal_logprob_sums
 from peft_debias.models.loading import load_model
+
+from support.eval_helpers import manual_causal_mean, single_thread  # noqa: F401
 
 
 def test_pack_by_hand() -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from eval_helpers import manual_masked_logprob, single_thread  # noqa: F401
 
 from peft_debias.core.errors import DebiasError
 from peft_debias.eval.perplexity import (
@@ -20,6 +19,8 @@ from peft_debias.eval.perplexity import (
     text_token_ids,
 )
 from peft_debias.models.loading import ModelKind, load_model
+
+from support.eval_helpers import manual_masked_logprob, single_thread  # noqa: F401
 
 TEXT = (
     "The king and the queen visited the hospital. My brother is a nurse and my sister is a pilot. "

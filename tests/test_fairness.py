@@ -15,15 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_loader_helpers import (
+
+from peft_debias.core.errors import DebiasError
+from peft_debias.eval.fairness import accuracy, fprd, fprd_per_term, macro_f1, term_masks, tpr_gap_rms, tpr_gaps
+
+from support.loader import (
     one_torch_thread,  # noqa: F401 - autouse fixture
     shortcut_rows,
     trained_adapter,
     write_csv,
 )
-
-from peft_debias.core.errors import DebiasError
-from peft_debias.eval.fairness import accuracy, fprd, fprd_per_term, macro_f1, term_masks, tpr_gap_rms, tpr_gaps
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "downstream_classifier.py"

@@ -28,10 +28,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_models import CORPUS
 
 from peft_debias.train.adapter import work_dir
 from peft_debias.vector.stream import Checkpoint, ShardWriter
+
+from support.tiny_models import CORPUS
 
 KILLS = [2, pytest.param(6, marks=pytest.mark.slow)]
 
@@ -235,7 +236,7 @@ def test_cda_killed_leaves_nothing_and_reruns(tmp_path: Path, kills: int) -> Non
 
 @pytest.mark.slow
 def test_merge_and_eval_killed_leave_nothing_or_complete_outputs(tiny_models, tmp_path_factory, tmp_path) -> None:
-    from test_loader_helpers import trained_adapter
+    from support.loader import trained_adapter
 
     adapter = trained_adapter(tiny_models, tmp_path_factory, "llama", "lora")
     ppl = tmp_path / "text.txt"

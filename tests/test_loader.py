@@ -11,12 +11,6 @@ import torch
 from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file
-from test_loader_helpers import (
-    adapter_snapshot,
-    one_torch_thread,  # noqa: F401 - autouse fixture
-    snapshot,
-    trained_adapter,
-)
 from transformers import (
     AutoModel,
     AutoModelForCausalLM,
@@ -28,6 +22,13 @@ from transformers import (
 from peft_debias.loader.attach import adapter_parameters, load_debias_adapter
 from peft_debias.loader.checks import backbone_fingerprint
 from peft_debias.models.loading import load_tokenizer
+
+from support.loader import (
+    adapter_snapshot,
+    one_torch_thread,  # noqa: F401 - autouse fixture
+    snapshot,
+    trained_adapter,
+)
 
 METHODS = ["lora", "prefix", "prompt", "ia3"]
 LM_HEAD = {"bert": AutoModelForMaskedLM, "bert_encoder": AutoModel, "llama": AutoModelForCausalLM}

@@ -10,15 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_loader_helpers import (
-    one_torch_thread,  # noqa: F401 - autouse fixture
-    trained_adapter,
-)
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
 from peft_debias.cli.main import main
 from peft_debias.core.provenance import read_debias_config
 from peft_debias.loader.attach import load_debias_adapter
+
+from support.loader import (
+    one_torch_thread,  # noqa: F401 - autouse fixture
+    trained_adapter,
+)
 
 
 @pytest.fixture(scope="module")

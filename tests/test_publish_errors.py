@@ -8,13 +8,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-from hub_server import client_env, run_client
 from huggingface_hub import ModelCard
-from test_publish_support import folder_hashes, sample_results, train_tiny_adapter
-from tiny_models import CORPUS
 
 from peft_debias.core.errors import DebiasError
 from peft_debias.hub.publish import check_repo_id, check_revision, publish_artifact, render_card
+
+from support.hub_server import client_env, run_client
+from support.publish import folder_hashes, sample_results, train_tiny_adapter
+from support.tiny_models import CORPUS
 
 OLD = {"adapter_model.safetensors": b"old weights", "notes.md": b"the owner's notes"}
 

@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny_models import CORPUS
 
 from peft_debias.cli.train import config_from_args, load_recipe
 from peft_debias.core.errors import DebiasError
+
+from support.tiny_models import CORPUS
 
 REPO = Path(__file__).resolve().parents[1]
 

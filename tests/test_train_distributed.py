@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny_models import CORPUS
+
+from support.tiny_models import CORPUS
 
 REPO = Path(__file__).resolve().parents[1]
 

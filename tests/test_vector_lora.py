@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from test_vector_support import load_all
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from peft_debias import BiasVector
 from peft_debias.core.errors import DebiasError
+
+from support.vector import load_all
 
 
 def make_lora(base: Path, out: Path, seed: int = 0, **config) -> Path:

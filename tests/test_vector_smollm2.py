@@ -22,11 +22,12 @@ def smollm2() -> Path:
 
 
 def test_smollm2_stream_merge_exact_tied_and_loadable(smollm2: Path, tmp_path: Path) -> None:
-    from test_vector_support import perturb
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from peft_debias import BiasVector
     from peft_debias.vector.stream import Checkpoint
+
+    from support.vector import perturb
 
     biased = perturb(smollm2, tmp_path / "biased", noise=1e-4, seed=5)
     vector = BiasVector.from_models("bundled:smollm2", biased, axis="gender")

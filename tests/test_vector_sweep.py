@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_vector_support import perturb
 from transformers import AutoModelForCausalLM
 
 from peft_debias import BiasVector
 from peft_debias.core.errors import DebiasError
 from peft_debias.vector.sweep import SweepConfig, lambda_sweep, parse_lambdas, summarize, write_sweep
+
+from support.vector import perturb
 
 KEY = "model.layers.0.self_attn.q_proj.weight"
 
