@@ -41,6 +41,8 @@ from support.loader import (
 from support.tiny_models import CORPUS
 from support.vector import perturb
 
+pytestmark = pytest.mark.integration
+
 CORPUS_TEXT = "\n".join(CORPUS * 2) + "\n"
 
 

@@ -162,6 +162,7 @@ def test_encoder_without_lm_head_is_refused(tiny_models, data_dir, tmp_path: Pat
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.e2e
 def test_cli_biased_then_vector(tiny_models, data_dir, tmp_path: Path) -> None:
     base = tiny_models["llama"]
 

@@ -26,6 +26,7 @@ def demo_run(tiny_models: dict[str, Path], data_dir: Path, tmp_path_factory: pyt
     return out, result
 
 
+@pytest.mark.e2e
 def test_demo_prints_a_line_per_stage_and_the_total(demo_run) -> None:
     out, result = demo_run
     for stage in (
@@ -43,6 +44,7 @@ def test_demo_prints_a_line_per_stage_and_the_total(demo_run) -> None:
     assert not (out / ".work").exists() and not list(out.parent.glob(".demo*"))
 
 
+@pytest.mark.e2e
 def test_demo_report_and_results(demo_run) -> None:
     out, _ = demo_run
     summary = json.loads((out / "summary.json").read_text())
@@ -78,6 +80,7 @@ def test_demo_report_and_results(demo_run) -> None:
         assert row.rstrip(" |").endswith(f"{test['association_gap']:+.4f}")
 
 
+@pytest.mark.e2e
 def test_demo_adapters_and_merged_model_load(demo_run, tiny_models: dict[str, Path]) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer

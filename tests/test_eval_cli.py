@@ -11,6 +11,8 @@ import pytest
 
 from support.eval_helpers import build_small_data
 
+pytestmark = pytest.mark.e2e
+
 HEADER = ",sent_more,sent_less,stereo_antistereo,bias_type,annotations,anon_writer,anon_annotators\n"
 
 

@@ -24,6 +24,8 @@ from peft_debias.models.loading import load_model
 
 from support.eval_helpers import single_thread  # noqa: F401
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def modules_cache(tmp_path_factory: pytest.TempPathFactory):

@@ -19,6 +19,8 @@ from peft_debias.models.loading import load_model
 
 from support.eval_helpers import CROWS_KEEP, STEREOSET_KEEP, build_small_data, single_thread  # noqa: F401
 
+pytestmark = pytest.mark.integration
+
 FAST = {"n_samples": 500, "n_bootstrap": 100, "ppl_max_tokens": 60}
 
 

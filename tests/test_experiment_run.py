@@ -18,6 +18,8 @@ from peft_debias.train.adapter import TrainConfig, train_adapter
 from support.eval_helpers import build_small_data, single_thread  # noqa: F401  (autouse fixture)
 from support.tiny_models import CORPUS
 
+pytestmark = pytest.mark.integration
+
 TINY = Path(__file__).resolve().parents[1] / "recipes" / "experiments" / "tiny.yaml"
 
 

@@ -34,6 +34,8 @@ from peft_debias.vector.stream import Checkpoint, ShardWriter
 
 from support.tiny_models import CORPUS
 
+pytestmark = pytest.mark.e2e
+
 KILLS = [2, pytest.param(6, marks=pytest.mark.slow)]
 
 

@@ -17,7 +17,7 @@ from peft_debias.train.adapter import TrainConfig, train_adapter
 from support.loader import one_torch_thread  # noqa: F401 - autouse fixture
 from support.tiny_models import CORPUS
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 @pytest.fixture

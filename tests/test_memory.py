@@ -22,7 +22,7 @@ import torch
 
 from peft_debias.vector.stream import Checkpoint, ShardWriter
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 MIB = 1 << 20
 

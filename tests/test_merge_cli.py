@@ -50,6 +50,7 @@ def logits(model, tokenizer) -> torch.Tensor:
         return model(**batch).logits
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name,auto", [("bert", AutoModelForMaskedLM), ("llama", AutoModelForCausalLM)])
 def test_merge_writes_a_plain_model_that_transformers_loads(tiny_models, adapter, cli, tmp_path, name, auto) -> None:
     folders = [adapter(name, "lora", "gender"), adapter(name, "lora", "race")]
@@ -94,6 +95,7 @@ def _copy(folder: Path, dest: Path, damage: str | None = None) -> Path:
     return dest
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "case,message",
     [
@@ -133,6 +135,7 @@ def test_bad_merge_input_is_one_line_and_writes_nothing(
         assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
 
 
+@pytest.mark.e2e
 def test_merge_error_from_a_real_process_is_one_stderr_line(tiny_models, adapter, tmp_path) -> None:
     """After the base model is loaded (progress bars, info logs, deprecation warnings) stderr still holds one line."""
     out = tmp_path / "merged"
@@ -145,6 +148,7 @@ def test_merge_error_from_a_real_process_is_one_stderr_line(tiny_models, adapter
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.integration
 def test_allow_base_mismatch_and_overwrite(tiny_models, adapter, cli, tmp_path) -> None:
     out = tmp_path / "merged"
     out.mkdir()

@@ -21,6 +21,8 @@ from support.publish import folder_hashes, sample_results, train_tiny_adapter
 from support.tiny_models import CORPUS
 from support.vector import perturb
 
+pytestmark = pytest.mark.e2e
+
 REPO = "tester/gender-debias-lora"
 
 

@@ -13,6 +13,8 @@ import pytest
 
 from support.tiny_models import CORPUS
 
+pytestmark = pytest.mark.e2e
+
 REPO = Path(__file__).resolve().parents[1]
 
 

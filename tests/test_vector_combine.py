@@ -136,6 +136,7 @@ def test_bad_combinations(three) -> None:
         combine(three, "sum", weights=[1.0, float("nan"), 1.0])
 
 
+@pytest.mark.e2e
 def test_cli_combines_axes(tiny_models, tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -153,6 +153,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("case", "extra", "message"),
     [
@@ -197,6 +198,7 @@ def test_cli_errors_are_one_line_and_write_nothing(models, tmp_path: Path, case:
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.e2e
 def test_cli_output_exists(models, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()

@@ -163,6 +163,7 @@ def test_excluded_modules_leave_the_adapter(tiny_models, tmp_path: Path) -> None
     assert torch.allclose(_logits(negated, tokenizer), _logits(merged, tokenizer), atol=1e-5)
 
 
+@pytest.mark.e2e
 def test_cli_negated_adapter(tiny_models, tmp_path: Path) -> None:
     import subprocess
     import sys

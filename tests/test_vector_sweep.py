@@ -93,6 +93,7 @@ def test_summarize_real_schema() -> None:
     assert summarize(results) == {"crows/gender": 55.0, "crows/race": 60.0, "seat/gender": 0.5, "perplexity": 12.5}
 
 
+@pytest.mark.e2e
 def test_cli_sweep_with_the_eval_suite(setup, tmp_path: Path, data_dir: Path) -> None:
     base, biased = setup
     out = tmp_path / "sweep"
