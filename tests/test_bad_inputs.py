@@ -21,7 +21,7 @@ import os
 import resource
 import shutil
 import signal
-import subprocess
+import unittest.mock
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,16 +123,28 @@ class Ctx:
 
 
 def readonly_dir(ctx: Ctx) -> Path:
-    """A folder nobody may write into (root ignores permissions: then the immutable attribute is used)."""
+    """A folder nobody may write into: mode 0555. Root writes anywhere regardless of the mode, so as root the OS's
+    permission check (``os.access``) is made to answer for that folder as it does for any other user."""
     folder = ctx.tmp / "readonly"
     folder.mkdir()
     folder.chmod(0o555)
     ctx.cleanup.append(lambda: folder.chmod(0o755))
-    if os.access(folder, os.W_OK):
-        if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)]).returncode:
-            pytest.skip("cannot make a read-only folder here (root without chattr)")
-        ctx.cleanup.insert(0, lambda: subprocess.run(["chattr", "-i", str(folder)], check=True))
+    if os.access(folder, os.W_OK):  # root
+        ctx.around = no_write_access(folder)
     return folder
+
+
+@contextlib.contextmanager
+def no_write_access(folder: Path) -> Iterator[None]:
+    """``os.access(path, W_OK)`` is false for ``folder`` and everything in it, as for a user without the right."""
+    real = os.access
+
+    def access(path, mode, *args, **kwargs):
+        inside = isinstance(path, str | os.PathLike) and Path(path).absolute().is_relative_to(folder)
+        return False if inside and mode & os.W_OK else real(path, mode, *args, **kwargs)
+
+    with unittest.mock.patch.object(os, "access", access):
+        yield
 
 
 @contextlib.contextmanager
