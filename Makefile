@@ -6,7 +6,7 @@ export PEFT_DEBIAS_DATA
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.peft-debias-installed
 
-.PHONY: install demo test test-all test-slow lint clean
+.PHONY: install demo test test-unit test-integration test-e2e test-all test-slow lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,16 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q --durations=10
+
+# The default suite by kind (tests/README.md): together they run exactly what `make test` runs.
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not integration and not e2e" -q --durations=10
+
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and integration" -q --durations=10
+
+test-e2e: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and e2e" -q --durations=10
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow -q --durations=10 || test $$? -eq 5  # exit 5: no slow tests selected

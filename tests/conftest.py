@@ -1,4 +1,4 @@
-"""Shared fixtures: the shared data folder and tiny saved models (see :mod:`tiny_models`)."""
+"""Shared fixtures: the shared data folder and tiny saved models (see :mod:`support.tiny_models`)."""
 
 from __future__ import annotations
 
@@ -26,19 +26,19 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Saved tiny random models with trained tokenizers: bert, bert_encoder, roberta, llama, gpt2 -> folder."""
-    from tiny_models import build_all
+    from support.tiny_models import build_all
 
     return build_all(tmp_path_factory.mktemp("tiny_models"))
 
 
 @pytest.fixture(scope="session")
 def hub_server(tmp_path_factory: pytest.TempPathFactory):
-    """A local Hub-compatible HTTP server (tests/hub_server.py) on 127.0.0.1, one per session.
+    """A local Hub-compatible HTTP server (tests/support/hub_server.py) on 127.0.0.1, one per session.
 
     Point a *fresh* process at it (``HF_ENDPOINT=hub_server.url``, ``HF_TOKEN=hub_server.token``, a temporary
     ``HF_HOME``, ``HF_HUB_DISABLE_XET=1``): huggingface_hub reads them at import. Faults: ``hub_server.fail(...)``.
     """
-    from hub_server import HubServer
+    from support.hub_server import HubServer
 
     server = HubServer(tmp_path_factory.mktemp("hub"), token="hf_peftDebiasSessionToken7c1e5a9b3d").start()
     yield server

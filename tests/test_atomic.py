@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,23 @@ def test_failure_leaves_nothing(tmp_path: Path) -> None:
         raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
 
+
+
+def test_a_failed_file_output_leaves_no_temporary(tmp_path: Path) -> None:
+    dest = tmp_path / "out.jsonl"
+    with pytest.raises(RuntimeError), atomic_output(dest) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(DebiasError, match="no space left"), atomic_output(dest) as tmp:
+        tmp.write_text("half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert list(tmp_path.iterdir()) == []
+    dest.write_text("old")
+    with pytest.raises(ValueError), atomic_output(dest, overwrite=True) as tmp:
+        tmp.write_text("new")
+        raise ValueError
+    assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"] and dest.read_text() == "old"
 
 def test_existing_destination_refused_unless_overwrite(tmp_path: Path) -> None:
     dest = tmp_path / "out"

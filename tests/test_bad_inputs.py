@@ -21,7 +21,7 @@ import os
 import resource
 import shutil
 import signal
-import subprocess
+import unittest.mock
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,16 +29,19 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_loader_helpers import (
-    one_torch_thread,  # noqa: F401 - autouse fixture
-    trained_adapter,
-)
-from test_vector_support import perturb
-from tiny_models import CORPUS
 
 from peft_debias import BiasVector
 from peft_debias.cli.main import main
 from peft_debias.core.errors import DebiasError
+
+from support.loader import (
+    one_torch_thread,  # noqa: F401 - autouse fixture
+    trained_adapter,
+)
+from support.tiny_models import CORPUS
+from support.vector import perturb
+
+pytestmark = pytest.mark.integration
 
 CORPUS_TEXT = "\n".join(CORPUS * 2) + "\n"
 
@@ -120,16 +123,28 @@ class Ctx:
 
 
 def readonly_dir(ctx: Ctx) -> Path:
-    """A folder nobody may write into (root ignores permissions: then the immutable attribute is used)."""
+    """A folder nobody may write into: mode 0555. Root writes anywhere regardless of the mode, so as root the OS's
+    permission check (``os.access``) is made to answer for that folder as it does for any other user."""
     folder = ctx.tmp / "readonly"
     folder.mkdir()
     folder.chmod(0o555)
     ctx.cleanup.append(lambda: folder.chmod(0o755))
-    if os.access(folder, os.W_OK):
-        if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)]).returncode:
-            pytest.skip("cannot make a read-only folder here (root without chattr)")
-        ctx.cleanup.insert(0, lambda: subprocess.run(["chattr", "-i", str(folder)], check=True))
+    if os.access(folder, os.W_OK):  # root
+        ctx.around = no_write_access(folder)
     return folder
+
+
+@contextlib.contextmanager
+def no_write_access(folder: Path) -> Iterator[None]:
+    """``os.access(path, W_OK)`` is false for ``folder`` and everything in it, as for a user without the right."""
+    real = os.access
+
+    def access(path, mode, *args, **kwargs):
+        inside = isinstance(path, str | os.PathLike) and Path(path).absolute().is_relative_to(folder)
+        return False if inside and mode & os.W_OK else real(path, mode, *args, **kwargs)
+
+    with unittest.mock.patch.object(os, "access", access):
+        yield
 
 
 @contextlib.contextmanager

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_vector_support import load_all
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
 from peft_debias import BiasVector
 from peft_debias.core.errors import DebiasError
 from peft_debias.train.biased import BiasedConfig, stereotype_sentences, train_biased
 from peft_debias.train.data import split_sentences
+
+from support.vector import load_all
 
 STEREOSET = "stereoset/stereoset_dev_flat.jsonl"
 
@@ -162,6 +163,7 @@ def test_encoder_without_lm_head_is_refused(tiny_models, data_dir, tmp_path: Pat
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.e2e
 def test_cli_biased_then_vector(tiny_models, data_dir, tmp_path: Path) -> None:
     base = tiny_models["llama"]
 

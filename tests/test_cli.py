@@ -11,6 +11,8 @@ import pytest
 
 from peft_debias import __version__
 
+pytestmark = pytest.mark.e2e
+
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # the CLI in a separate process, on a terminal and through a pipe
+
 LIBRARY_BARS = "Loading weights"
 
 

@@ -27,6 +27,7 @@ def demo_run(tiny_models: dict[str, Path], data_dir: Path, tmp_path_factory: pyt
     return out, result
 
 
+@pytest.mark.e2e
 def test_demo_prints_a_line_per_stage_and_the_total(demo_run) -> None:
     out, result = demo_run
     for stage in (
@@ -44,6 +45,7 @@ def test_demo_prints_a_line_per_stage_and_the_total(demo_run) -> None:
     assert not (out / ".work").exists() and not list(out.parent.glob(".demo*"))
 
 
+@pytest.mark.e2e
 def test_demo_report_and_results(demo_run) -> None:
     out, _ = demo_run
     summary = json.loads((out / "summary.json").read_text())
@@ -79,6 +81,7 @@ def test_demo_report_and_results(demo_run) -> None:
         assert row.rstrip(" |").endswith(f"{test['association_gap']:+.4f}")
 
 
+@pytest.mark.e2e
 def test_demo_report_links_resolve(demo_run) -> None:
     """Every relative link and image in report.md names a file the quick run wrote (the sweep's table and chart too)."""
     out, _ = demo_run
@@ -88,6 +91,7 @@ def test_demo_report_links_resolve(demo_run) -> None:
     assert [t for t in relative if not (out / t).is_file()] == []
 
 
+@pytest.mark.e2e
 def test_demo_adapters_and_merged_model_load(demo_run, tiny_models: dict[str, Path]) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from eval_helpers import manual_causal_mean, manual_masked_logprob, single_thread  # noqa: F401
 from peft import LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
 
 from peft_debias.core.errors import DebiasError
@@ -16,6 +15,8 @@ from peft_debias.eval.crows import CrowsPair, causal_pair_scores, masked_pair_sc
 from peft_debias.eval.handle import resolve_model
 from peft_debias.eval.lm_scoring import mean_pooled_embeddings
 from peft_debias.models.loading import load_model
+
+from support.eval_helpers import manual_causal_mean, manual_masked_logprob, single_thread  # noqa: F401
 
 PAIRS = [
     CrowsPair("0", "He is a doctor.", "She is a doctor.", "antistereo", "gender"),

@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from eval_helpers import build_small_data
+
+from support.eval_helpers import build_small_data
+
+pytestmark = pytest.mark.e2e
 
 HEADER = ",sent_more,sent_less,stereo_antistereo,bias_type,annotations,anon_writer,anon_annotators\n"
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from eval_helpers import single_thread  # noqa: F401
 
 from peft_debias.core.errors import DebiasError
 from peft_debias.eval.crows import CrowsPair, causal_pair_scores, crows_axis_result
@@ -22,6 +21,10 @@ from peft_debias.eval.stereoset import (
 )
 from peft_debias.evaluate_modules import MODULES, module_path
 from peft_debias.models.loading import load_model
+
+from support.eval_helpers import single_thread  # noqa: F401
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

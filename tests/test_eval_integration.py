@@ -11,11 +11,12 @@ import math
 from pathlib import Path
 
 import pytest
-from eval_helpers import single_thread  # noqa: F401
 
 from peft_debias.eval import SEAT_AXIS_TESTS, evaluate_bias
 
-pytestmark = pytest.mark.slow
+from support.eval_helpers import single_thread  # noqa: F401
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 MINILM_SEAT_AXES = {"gender": 0.958, "race": 0.551, "religion": 0.298}  # mean |effect size|, 100k samples
 MINILM_SEAT_TESTS = {"sent-weat6": 1.294, "sent-weat7b": 1.440, "sent-religion2": 0.622, "sent-weat3b": -0.537}

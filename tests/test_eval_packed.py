@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from eval_helpers import manual_causal_mean, single_thread  # noqa: F401
 
 from peft_debias.eval import packed
 from peft_debias.eval.lm_scoring import causal_logprob_sums
 from peft_debias.models.loading import load_model
+
+from support.eval_helpers import manual_causal_mean, single_thread  # noqa: F401
 
 
 def test_pack_by_hand() -> None:
@@ -77,3 +78,8 @@ def test_a_model_that_cannot_pack_falls_back(tiny_models: dict[str, Path]) -> No
 
     wrapped = NoPositions(loaded.model)
     assert not packed.packing_works(wrapped, 1, loaded.model.config.vocab_size)
+    # grouped texts are still scored, one plain sequence each: the numbers of one unbatched forward per text
+    texts = ["The man went to work.", "The woman went to work.", "The man"]
+    sums = causal_logprob_sums(wrapped, loaded.tokenizer, texts, groups=[[0, 1, 2]], batch_size=3)
+    for (total, n), text in zip(sums, texts, strict=True):
+        assert total / n == pytest.approx(manual_causal_mean(loaded.model, loaded.tokenizer, text), abs=1e-5)

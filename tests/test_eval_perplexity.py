@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from eval_helpers import manual_masked_logprob, single_thread  # noqa: F401
 
 from peft_debias.core.errors import DebiasError
 from peft_debias.eval.perplexity import (
@@ -20,6 +19,8 @@ from peft_debias.eval.perplexity import (
     text_token_ids,
 )
 from peft_debias.models.loading import ModelKind, load_model
+
+from support.eval_helpers import manual_masked_logprob, single_thread  # noqa: F401
 
 TEXT = (
     "The king and the queen visited the hospital. My brother is a nurse and my sister is a pilot. "
@@ -105,6 +106,25 @@ def test_run_perplexity(tiny_models: dict[str, Path]) -> None:
     # a random tiny model is close to uniform over its ~400-token vocabulary
     assert 50 < out["perplexity"] < 5000
 
+
+
+def test_run_perplexity_is_the_mean_over_the_scored_tokens(tiny_models: dict[str, Path]) -> None:
+    """exp(total NLL / token count) against one forward per token (causal) or per masked token (masked)."""
+    causal = load_model(str(tiny_models["gpt2"]))
+    tok = causal.tokenizer
+    out = run_perplexity(causal.model, tok, ModelKind.CAUSAL_LM, TEXT, max_tokens=50)
+    ids = text_token_ids(tok, TEXT, 50)
+    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    total = _direct_nll(causal.model, ids, start, 128)  # 51 tokens with BOS: one window, full context
+    assert out["nll"] == pytest.approx(total / 50, rel=1e-5)
+    assert out["perplexity"] == pytest.approx(math.exp(total / 50), rel=1e-5)
+    masked = load_model(str(tiny_models["bert"]))
+    tok = masked.tokenizer
+    out = run_perplexity(masked.model, tok, ModelKind.MASKED_LM, TEXT, max_tokens=30)
+    seq = [tok.cls_token_id, *text_token_ids(tok, TEXT, 30), tok.sep_token_id]  # 32 <= the 128-token window
+    total = -sum(manual_masked_logprob(masked.model, seq, p, tok.mask_token_id) for p in range(1, 31))
+    assert out["nll"] == pytest.approx(total / 30, rel=1e-5)
+    assert out["perplexity"] == pytest.approx(math.exp(total / 30), rel=1e-5)
 
 def test_text_token_ids_reads_only_what_it_needs(tiny_models: dict[str, Path]) -> None:
     tok = load_model(str(tiny_models["llama"])).tokenizer

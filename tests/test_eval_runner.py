@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from eval_helpers import CROWS_KEEP, STEREOSET_KEEP, build_small_data, single_thread  # noqa: F401
 
 from peft_debias import evaluate_bias as top_level_evaluate_bias
 from peft_debias.core.errors import DebiasError
@@ -17,6 +16,10 @@ from peft_debias.eval.report import markdown_report, plot_results, text_summary
 from peft_debias.eval.results import compare_results
 from peft_debias.eval.stats import mcnemar_exact
 from peft_debias.models.loading import load_model
+
+from support.eval_helpers import CROWS_KEEP, STEREOSET_KEEP, build_small_data, single_thread  # noqa: F401
+
+pytestmark = pytest.mark.integration
 
 FAST = {"n_samples": 500, "n_bootstrap": 100, "ppl_max_tokens": 60}
 

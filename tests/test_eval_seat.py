@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from eval_helpers import single_thread  # noqa: F401
 
 from peft_debias.core.errors import DebiasError
 from peft_debias.eval.lm_scoring import mean_pooled_embeddings
@@ -22,6 +21,8 @@ from peft_debias.eval.seat import (
     select_seat_tests,
 )
 from peft_debias.models.loading import load_model
+
+from support.eval_helpers import single_thread  # noqa: F401
 
 # Sentences whose "embeddings" are fixed 2-D vectors: s(w) = (w_x - w_y) / |w| with A = {e1}, B = {e2}.
 VECTORS = {

@@ -34,6 +34,7 @@ def test_take_split_partitions_and_ignores_order() -> None:
     assert SPLITS == ("select", "report")
 
 
+@pytest.mark.integration
 def test_eval_scores_only_the_chosen_half(tiny_models: dict[str, Path], data_dir: Path) -> None:
     from peft_debias.eval.crows import load_crows_pairs
     from peft_debias.eval.runner import evaluate_bias

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from eval_helpers import STEREOSET_KEEP, build_small_data, manual_causal_mean, single_thread  # noqa: F401
 
 from peft_debias.core.errors import DebiasError
 from peft_debias.eval.stats import rng_for
@@ -26,6 +25,8 @@ from peft_debias.eval.stereoset import (
     template_word,
 )
 from peft_debias.models.loading import ModelKind, load_model
+
+from support.eval_helpers import STEREOSET_KEEP, build_small_data, manual_causal_mean, single_thread  # noqa: F401
 
 
 def _item(i: int, target: str) -> StereoSetItem:

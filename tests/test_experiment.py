@@ -9,13 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from eval_helpers import build_small_data
-from experiment_support import results_from_items
 
 from peft_debias.cli.main import main
 from peft_debias.core.errors import DebiasError
 from peft_debias.experiment import ExperimentConfig, expand_grid, load_experiment_config, run_experiment
 from peft_debias.experiment import cells as cells_mod
+
+from support.eval_helpers import build_small_data
+from support.experiment import results_from_items
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "recipes" / "experiments" / "tiny.yaml"

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from eval_helpers import build_small_data, single_thread  # noqa: F401  (autouse fixture)
-from tiny_models import CORPUS
 
 import peft_debias.train.adapter as train_mod
 from peft_debias.experiment import cells as cells_mod
@@ -17,6 +15,11 @@ from peft_debias.experiment import expand_grid, load_experiment_config, run_expe
 from peft_debias.experiment.cells import RunContext, run_cell
 from peft_debias.train.adapter import train_adapter
 from peft_debias.train.config import TrainConfig
+
+from support.eval_helpers import build_small_data, single_thread  # noqa: F401  (autouse fixture)
+from support.tiny_models import CORPUS
+
+pytestmark = pytest.mark.integration
 
 TINY = Path(__file__).resolve().parents[1] / "recipes" / "experiments" / "tiny.yaml"
 

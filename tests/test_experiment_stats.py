@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-from experiment_support import results_from_items
 
 from peft_debias.experiment.splits import (
     REPORT,
@@ -30,6 +29,8 @@ from peft_debias.experiment.stats import (
     t_quantile,
     t_two_sided_p,
 )
+
+from support.experiment import results_from_items
 
 
 def test_mean_and_sample_sd() -> None:

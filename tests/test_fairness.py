@@ -15,15 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_loader_helpers import (
+
+from peft_debias.core.errors import DebiasError
+from peft_debias.eval.fairness import accuracy, fprd, fprd_per_term, macro_f1, term_masks, tpr_gap_rms, tpr_gaps
+
+from support.loader import (
     one_torch_thread,  # noqa: F401 - autouse fixture
     shortcut_rows,
     trained_adapter,
     write_csv,
 )
-
-from peft_debias.core.errors import DebiasError
-from peft_debias.eval.fairness import accuracy, fprd, fprd_per_term, macro_f1, term_masks, tpr_gap_rms, tpr_gaps
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "downstream_classifier.py"
@@ -144,6 +145,7 @@ def shortcut_data(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+@pytest.mark.integration
 def test_recipe_tpr_gap_is_large_for_a_shortcut_model_and_small_for_a_balanced_one(
     recipe, tiny_models, tmp_path_factory, shortcut_data, tmp_path
 ) -> None:
@@ -169,6 +171,7 @@ def test_recipe_tpr_gap_is_large_for_a_shortcut_model_and_small_for_a_balanced_o
     assert short["tpr_gap_rms"] - fair["tpr_gap_rms"] > 50
 
 
+@pytest.mark.integration
 def test_recipe_bad_input_is_one_line(recipe, tiny_models, shortcut_data, tmp_path, capsys) -> None:
     common = ["--base", str(tiny_models["bert"]), "--data", str(shortcut_data["test"]), "--output", str(tmp_path / "o")]
     assert recipe.main([*common, "--groups", "m,f"]) == 2
@@ -185,6 +188,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.e2e
 def test_recipe_under_accelerate_launch_with_two_ranks(tiny_models, tmp_path_factory, tmp_path) -> None:
     adapter = trained_adapter(tiny_models, tmp_path_factory, "bert", "prompt")
     data = write_csv(tmp_path / "data.csv", shortcut_rows(37, shortcut=False, seed=4))  # odd: padded by the sampler

@@ -10,7 +10,9 @@ exist or must be complete and equal to the output of an uninterrupted run. Then:
   remove are cleaned up by the next run.
 
 The default runs kill each command twice (once while it starts, once while it works); the ``slow`` variants six
-times, and a ``slow`` test does the same to ``merge`` and ``eval --output``.
+times, and a ``slow`` test does the same to ``merge`` and ``eval --output``. Every kill must land: a command that
+exits before its kill fails the test (the kill points are placed from an uninterrupted run's timings or from what
+the command has written so far, so that they fall inside the run).
 """
 
 from __future__ import annotations
@@ -23,16 +25,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_models import CORPUS
 
 from peft_debias.train.work import work_dir
 from peft_debias.vector.shard_writer import ShardWriter
 from peft_debias.vector.stream import Checkpoint
+
+from support.tiny_models import CORPUS
+
+pytestmark = pytest.mark.e2e
 
 KILLS = [2, pytest.param(6, marks=pytest.mark.slow)]
 
@@ -53,19 +59,42 @@ def _start(args: list[str], tmp: Path) -> subprocess.Popen:
     )
 
 
-def run_to_end(args: list[str], tmp: Path) -> float:
-    """Run a command to completion; returns its wall time."""
-    started = time.perf_counter()
+@dataclass(frozen=True)
+class Timing:
+    """An uninterrupted run: its wall time and when ``working()`` first held (its temporary output appeared)."""
+
+    total: float
+    working: float
+
+    def while_starting(self, rng: random.Random) -> float:
+        """A delay that falls before the run writes anything (the first half of its start-up)."""
+        return rng.uniform(0.1, 0.5) * self.working
+
+    def while_writing(self, rng: random.Random) -> float:
+        """A delay after the temporary output appears that falls in the first third of the writing."""
+        return rng.uniform(0.0, 0.3) * (self.total - self.working)
+
+
+def run_to_end(args: list[str], tmp: Path, working: Callable[[], bool] = lambda: False) -> Timing:
+    """Run a command to completion; returns its wall time and when ``working()`` first held (else the wall time)."""
+    started = time.monotonic()
     proc = _start(args, tmp)
+    seen = None
+    while proc.poll() is None:
+        if seen is None and working():
+            seen = time.monotonic() - started
+        time.sleep(0.002)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    return time.perf_counter() - started
+    total = time.monotonic() - started
+    return Timing(total, total if seen is None else seen)
 
 
-def kill_during(args: list[str], tmp: Path, delay: float, started: Callable[[], bool] | None = None) -> int:
+def kill_during(args: list[str], tmp: Path, delay: float, started: Callable[[], bool] | None = None) -> None:
     """Start a command, wait until ``started()`` is true (if given), then ``delay`` seconds, then SIGKILL it.
 
-    Returns the exit code: ``-SIGKILL`` when it was killed, 0 when it finished first."""
+    The kill must land: a command that exits on its own first (before ``started()`` or before the delay is over)
+    fails the test, since it would test nothing about being killed."""
     proc = _start(args, tmp)
     deadline = time.monotonic() + 300
     while started is not None and not started() and proc.poll() is None:
@@ -77,12 +106,23 @@ def kill_during(args: list[str], tmp: Path, delay: float, started: Callable[[], 
     if proc.poll() is None:
         proc.send_signal(signal.SIGKILL)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode in (0, -signal.SIGKILL), err
-    return proc.returncode
+    if proc.returncode != -signal.SIGKILL:
+        pytest.fail(f"the kill did not land: `{args[0]}` exited with {proc.returncode} before it\n{err[-3000:]}")
+
+
+def test_a_command_that_ends_before_its_kill_fails_the_test(tmp_path: Path) -> None:
+    with pytest.raises(pytest.fail.Exception, match="the kill did not land: `--version` exited with 0"):
+        kill_during(["--version"], tmp_path, 120.0)
 
 
 def temporaries(dest: Path) -> list[str]:
     return sorted(p.name for p in dest.parent.iterdir() if ".tmp-peft-debias-" in p.name)
+
+
+def writing(dest: Path) -> Callable[[], bool]:
+    """Whether a command has started writing ``dest``: its temporary sibling exists."""
+    prefix = f".{dest.name}.tmp-peft-debias-"
+    return lambda: dest.parent.is_dir() and any(p.name.startswith(prefix) for p in dest.parent.iterdir())
 
 
 # ---------------------------------------------------------------------------------------------------- train
@@ -129,14 +169,14 @@ def test_train_killed_then_resumed_is_bit_identical(tiny_models, tmp_path: Path,
         resume = ["--resume"] if (work / "train_config.json").is_file() else []
         from_checkpoint = bool(resume) and _newest_checkpoint(work) is not None
         if attempt == 0:  # while it imports, reads the corpus, loads the model
-            code = kill_during(args(out) + resume, tmp_path, rng.uniform(0.3, 2.0))
+            kill_during(args(out) + resume, tmp_path, rng.uniform(0.3, 2.0))
         else:  # while it trains: within a quarter of a second of writing a new checkpoint
             at_launch = _newest_checkpoint(work)
             saved = lambda last=at_launch: _newest_checkpoint(work) not in (None, last)  # noqa: E731
-            code = kill_during(args(out) + resume, tmp_path, rng.uniform(0.0, 0.25), saved)
+            kill_during(args(out) + resume, tmp_path, rng.uniform(0.0, 0.25), saved)
         assert not out.exists() or _adapter(out), "the destination exists but is incomplete"
-        if out.exists():  # it finished before the kill (or was killed just after): complete, nothing to resume
-            resumed, clean = from_checkpoint, code == 0
+        if out.exists():  # killed just after it wrote the result: complete, nothing to resume
+            resumed = from_checkpoint
             break
     _, err = reference.communicate(timeout=300)
     assert reference.returncode == 0, err
@@ -178,14 +218,16 @@ def test_vector_merge_killed_leaves_nothing_and_reruns(tmp_path: Path, kills: in
         return ["vector", "--base", str(tmp_path / "pre"), "--biased", str(tmp_path / "biased"), "--lambda", "0.5",
                 "--output", str(output), "--shard-size", "20MB", "--no-progress"]  # fmt: skip
 
-    run_to_end(args(tmp_path / "ref"), tmp_path)
+    timing = run_to_end(args(tmp_path / "ref"), tmp_path, writing(tmp_path / "ref"))
     reference = _weights(tmp_path / "ref")
     assert len(reference) == 7  # six shards (one tensor each) and the index
     out = tmp_path / "dest" / "debiased"
     rng = random.Random(7 + kills)
     for attempt in range(kills):
-        merging = None if attempt == 0 else (lambda: out.parent.exists() and bool(temporaries(out)))
-        kill_during(args(out), tmp_path, rng.uniform(0.3, 4.0) if attempt == 0 else rng.uniform(0.0, 0.8), merging)
+        if attempt == 0:  # while it starts: imports, opens both checkpoints
+            kill_during(args(out), tmp_path, timing.while_starting(rng))
+        else:  # while it merges: once its temporary folder exists
+            kill_during(args(out), tmp_path, timing.while_writing(rng), writing(out))
         if out.exists():
             assert _weights(out) == reference
             break
@@ -212,16 +254,16 @@ def test_cda_killed_leaves_nothing_and_reruns(tmp_path: Path, kills: int) -> Non
     def args(output: Path) -> list[str]:
         return ["cda", "--axis", "gender", "--corpus", str(corpus), "--output", str(output)]
 
-    duration = run_to_end(args(tmp_path / "ref.jsonl"), tmp_path)
+    timing = run_to_end(args(tmp_path / "ref.jsonl"), tmp_path, writing(tmp_path / "ref.jsonl"))
     reference = (tmp_path / "ref.jsonl").read_bytes()
     assert reference.count(b"\n") > 5_000
     out = tmp_path / "dest" / "out.jsonl"
     rng = random.Random(11 + kills)
     for attempt in range(kills):
-        if attempt % 2:  # as soon as it writes (the temporary file appears)
-            kill_during(args(out), tmp_path, 0.0, lambda: out.parent.exists() and bool(temporaries(out)))
-        else:
-            kill_during(args(out), tmp_path, rng.uniform(0.3, duration))
+        if attempt == 0:  # while it starts: imports, reads the corpus
+            kill_during(args(out), tmp_path, timing.while_starting(rng))
+        else:  # as soon as it writes (the temporary file appears), or a little later
+            kill_during(args(out), tmp_path, 0.0 if attempt % 2 else timing.while_writing(rng), writing(out))
         if out.exists():
             assert out.read_bytes() == reference
             break
@@ -236,35 +278,37 @@ def test_cda_killed_leaves_nothing_and_reruns(tmp_path: Path, kills: int) -> Non
 
 @pytest.mark.slow
 def test_merge_and_eval_killed_leave_nothing_or_complete_outputs(tiny_models, tmp_path_factory, tmp_path) -> None:
-    from test_loader_helpers import trained_adapter
+    from support.loader import trained_adapter
 
     adapter = trained_adapter(tiny_models, tmp_path_factory, "llama", "lora")
     ppl = tmp_path / "text.txt"
     ppl.write_text("\n".join(CORPUS * 20) + "\n")
-    merged, results = tmp_path / "merged", tmp_path / "results.json"
+    llama = str(tiny_models["llama"])
 
-    def merged_complete() -> bool:
+    def merge(output: Path) -> list[str]:
+        return ["merge", "--base", llama, "--adapter", str(adapter), "--output", str(output)]
+
+    def evaluate(output: Path) -> list[str]:
+        return ["eval", "--model", llama, "--benchmarks", "perplexity", "--ppl-file", str(ppl),
+                "--output", str(output), "--no-progress"]  # fmt: skip
+
+    def merged_complete(merged: Path) -> bool:
         return bool(load_file(str(merged / "model.safetensors"))) and "merged" in json.loads(
             (merged / "debias_config.json").read_text()
         )
 
-    def results_complete() -> bool:
+    def results_complete(results: Path) -> bool:
         return json.loads(results.read_text())["perplexity"]["n_tokens"] > 0
 
-    commands = {
-        merged: (["merge", "--base", str(tiny_models["llama"]), "--adapter", str(adapter), "--output", str(merged)],
-                 merged_complete),
-        results: (["eval", "--model", str(tiny_models["llama"]), "--benchmarks", "perplexity", "--ppl-file", str(ppl),
-                   "--output", str(results), "--no-progress"], results_complete),
-    }  # fmt: skip
     rng = random.Random(3)
-    for dest, (args, complete) in commands.items():
-        for _ in range(4):
-            kill_during(args, tmp_path, rng.uniform(1.0, 8.0))
-            if dest.exists():
-                assert complete()
-                break
-        if not dest.exists():
-            run_to_end(args, tmp_path)
-            assert temporaries(dest) == []
-        assert complete()
+    for name, args, complete in [("merged", merge, merged_complete), ("results.json", evaluate, results_complete)]:
+        ref = tmp_path / "ref" / name
+        timing = run_to_end(args(ref), tmp_path, writing(ref))
+        assert complete(ref)
+        dest = tmp_path / name
+        for _ in range(4):  # while it starts (imports, loads the model): writing a tiny model is too short to aim at
+            kill_during(args(dest), tmp_path, timing.while_starting(rng))
+            assert not dest.exists()
+        run_to_end(args(dest), tmp_path)
+        assert temporaries(dest) == []
+        assert complete(dest)

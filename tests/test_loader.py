@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -11,12 +12,6 @@ import torch
 from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file
-from test_loader_helpers import (
-    adapter_snapshot,
-    one_torch_thread,  # noqa: F401 - autouse fixture
-    snapshot,
-    trained_adapter,
-)
 from transformers import (
     AutoModel,
     AutoModelForCausalLM,
@@ -28,6 +23,13 @@ from transformers import (
 from peft_debias.loader.attach import adapter_parameters, load_debias_adapter
 from peft_debias.loader.checks import backbone_fingerprint
 from peft_debias.models.loading import load_tokenizer
+
+from support.loader import (
+    adapter_snapshot,
+    one_torch_thread,  # noqa: F401 - autouse fixture
+    snapshot,
+    trained_adapter,
+)
 
 METHODS = ["lora", "prefix", "prompt", "ia3"]
 LM_HEAD = {"bert": AutoModelForMaskedLM, "bert_encoder": AutoModel, "llama": AutoModelForCausalLM}
@@ -90,6 +92,30 @@ def test_freeze_keeps_adapters_bit_identical_while_base_and_head_train(tiny_mode
     changed = {n for n, p in rest.items() if not torch.equal(p.detach(), before[n])}
     assert any("classifier" in n for n in changed) and any("encoder.layer.0." in n for n in changed)
 
+
+# The adapter weights of each method by parameter name (peft's naming, independent of the loader), and how many
+# the tiny BERT has: LoRA A and B on query and value of 2 layers, IA3 on key, value and 2 feed-forward projections
+# of 2 layers, one prompt encoder embedding for prefix and prompt tuning.
+ADAPTER_WEIGHTS = {
+    "lora": (r"\.lora_[AB]\.gender\.weight$", 8),
+    "prefix": (r"^prompt_encoder\.gender\.", 1),
+    "prompt": (r"^prompt_encoder\.gender\.", 1),
+    "ia3": (r"\.ia3_l\.gender$", 8),
+}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_freeze_flags_by_parameter_name(tiny_models, adapter, method) -> None:
+    """Freeze: exactly the adapter weights (found by name) are frozen; every other parameter trains."""
+    model = build(tiny_models, "bert", AutoModelForSequenceClassification)
+    peft_model = load_debias_adapter(model, adapter("bert", method), mode="freeze")
+    pattern, count = ADAPTER_WEIGHTS[method]
+    flags = {name: p.requires_grad for name, p in peft_model.named_parameters()}
+    adapter_weights = {name for name in flags if re.search(pattern, name)}
+    assert len(adapter_weights) == count
+    assert {name for name, trains in flags.items() if not trains} == adapter_weights
+    if method == "lora":
+        assert len([name for name in adapter_weights if ".lora_B." in name]) == 4
 
 def test_freeze_layer_norm_option(tiny_models, adapter) -> None:
     peft_model = load_debias_adapter(

@@ -10,15 +10,16 @@ import pytest
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file, save_file
-from test_loader_helpers import (
-    one_torch_thread,  # noqa: F401 - autouse fixture
-    trained_adapter,
-)
-from tiny_models import SEED, _bert_config, _bert_tokenizer
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, BertForMaskedLM
 
 from peft_debias.core.errors import DebiasError
 from peft_debias.loader.attach import load_debias_adapter
+
+from support.loader import (
+    one_torch_thread,  # noqa: F401 - autouse fixture
+    trained_adapter,
+)
+from support.tiny_models import SEED, _bert_config, _bert_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_loader_helpers import one_torch_thread  # noqa: F401 - autouse fixture
-from tiny_models import CORPUS
 from transformers import BertForSequenceClassification
 
 from peft_debias.loader.attach import adapter_parameters, load_debias_adapter
@@ -17,7 +15,10 @@ from peft_debias.models.loading import bundled_model_path, load_model
 from peft_debias.train.adapter import train_adapter
 from peft_debias.train.config import TrainConfig
 
-pytestmark = pytest.mark.slow
+from support.loader import one_torch_thread  # noqa: F401 - autouse fixture
+from support.tiny_models import CORPUS
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import torch
 from peft_debias.vector.shard_writer import ShardWriter
 from peft_debias.vector.stream import Checkpoint
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 MIB = 1 << 20
 

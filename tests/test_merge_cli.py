@@ -10,15 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_loader_helpers import (
-    one_torch_thread,  # noqa: F401 - autouse fixture
-    trained_adapter,
-)
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
 from peft_debias.cli.main import main
 from peft_debias.core.provenance import read_debias_config
 from peft_debias.loader.attach import load_debias_adapter
+
+from support.loader import (
+    one_torch_thread,  # noqa: F401 - autouse fixture
+    trained_adapter,
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,7 @@ def logits(model, tokenizer) -> torch.Tensor:
         return model(**batch).logits
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name,auto", [("bert", AutoModelForMaskedLM), ("llama", AutoModelForCausalLM)])
 def test_merge_writes_a_plain_model_that_transformers_loads(tiny_models, adapter, cli, tmp_path, name, auto) -> None:
     folders = [adapter(name, "lora", "gender"), adapter(name, "lora", "race")]
@@ -93,6 +95,7 @@ def _copy(folder: Path, dest: Path, damage: str | None = None) -> Path:
     return dest
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "case,message",
     [
@@ -132,6 +135,7 @@ def test_bad_merge_input_is_one_line_and_writes_nothing(
         assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
 
 
+@pytest.mark.e2e
 def test_merge_error_from_a_real_process_is_one_stderr_line(tiny_models, adapter, tmp_path) -> None:
     """After the base model is loaded (progress bars, info logs, deprecation warnings) stderr still holds one line."""
     out = tmp_path / "merged"
@@ -144,6 +148,7 @@ def test_merge_error_from_a_real_process_is_one_stderr_line(tiny_models, adapter
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.integration
 def test_allow_base_mismatch_and_overwrite(tiny_models, adapter, cli, tmp_path) -> None:
     out = tmp_path / "merged"
     out.mkdir()

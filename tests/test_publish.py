@@ -1,4 +1,5 @@
-"""Hub publishing end to end against the local Hub server (tests/hub_server.py), every client in a fresh process.
+"""Hub publishing end to end against the local Hub server (tests/support/hub_server.py), every client in a
+fresh process.
 
 train a tiny adapter -> ``peft-debias publish`` -> ``PeftModel.from_pretrained(base, "org/name")`` in a new process
 gives the local adapter's outputs exactly; the card read back with ``ModelCard.load`` carries the eval results in
@@ -11,13 +12,16 @@ import json
 from pathlib import Path
 
 import pytest
-from hub_server import client_env, run_client
-from test_publish_support import folder_hashes, sample_results, train_tiny_adapter
-from test_vector_support import perturb
-from tiny_models import CORPUS
 
 from peft_debias.cards.results import figures
 from peft_debias.eval.results import compare_results, load_results, save_results
+
+from support.hub_server import client_env, run_client
+from support.publish import folder_hashes, sample_results, train_tiny_adapter
+from support.tiny_models import CORPUS
+from support.vector import perturb
+
+pytestmark = pytest.mark.e2e
 
 REPO = "tester/gender-debias-lora"
 

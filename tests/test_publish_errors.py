@@ -8,13 +8,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-from hub_server import client_env, run_client
 from huggingface_hub import ModelCard
-from test_publish_support import folder_hashes, sample_results, train_tiny_adapter
-from tiny_models import CORPUS
 
 from peft_debias.core.errors import DebiasError
 from peft_debias.hub.publish import check_repo_id, check_revision, publish_artifact, render_card
+
+from support.hub_server import client_env, run_client
+from support.publish import folder_hashes, sample_results, train_tiny_adapter
+from support.tiny_models import CORPUS
 
 OLD = {"adapter_model.safetensors": b"old weights", "notes.md": b"the owner's notes"}
 
@@ -41,6 +42,7 @@ def _error_line(stderr: str) -> str:
     return errors[0]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("action", "message"),
     [
@@ -85,6 +87,7 @@ print(json.dumps(out))
 BAD_IDS = ["../x", "", " ", "a b/c", "a/b/c", "org/../x", "/abs/path", "org/", "org/name ", "a\\b", "org/x--y"]
 
 
+@pytest.mark.e2e
 def test_bad_repo_ids_and_missing_token_refused_before_any_request(adapter, hub, tmp_path) -> None:
     seen = len(_requests(hub))
     env = client_env(hub, tmp_path / "hf")
@@ -103,6 +106,7 @@ def test_bad_repo_ids_and_missing_token_refused_before_any_request(adapter, hub,
     assert check_repo_id("my-org/gender.lora_v2") == "my-org/gender.lora_v2"
 
 
+@pytest.mark.e2e
 def test_tokens_never_show_in_output_logs_or_card(adapter, hub, tmp_path) -> None:
     wrong = "hf_WrongTokenLeakCheck4d2b9e61"
     base = ["-m", "peft_debias", "publish", str(adapter), "tester/secret-check", "--skip-load-check", "-vv"]
@@ -121,6 +125,7 @@ def test_tokens_never_show_in_output_logs_or_card(adapter, hub, tmp_path) -> Non
         assert hub.token.encode() not in hub.file("tester/secret-check", path), path
 
 
+@pytest.mark.e2e
 def test_republish_replaces_the_artifact_and_keeps_other_files(adapter, hub, tmp_path) -> None:
     repo = "tester/republish"
     hub.seed(repo, {**OLD, "vector-00001-of-00002.safetensors": b"old shard"})

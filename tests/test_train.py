@@ -9,13 +9,14 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
-from tiny_models import CORPUS
 
 from peft_debias.core.errors import DebiasError
 from peft_debias.models.loading import load_model
 from peft_debias.train.adapter import train_adapter
 from peft_debias.train.config import TrainConfig
 from peft_debias.train.work import work_dir
+
+from support.tiny_models import CORPUS
 
 
 @pytest.fixture(scope="session")
@@ -233,8 +234,9 @@ def test_corpus_without_axis_sentences_and_existing_output(tiny_models, tmp_path
 
 
 def test_prefix_on_an_architecture_that_ignores_it(tmp_path, corpus) -> None:
-    from tiny_models import _bert_tokenizer
     from transformers import AlbertConfig, AlbertForMaskedLM
+
+    from support.tiny_models import _bert_tokenizer
 
     folder = tmp_path / "albert"
     config = AlbertConfig(

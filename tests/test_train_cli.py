@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny_models import CORPUS
 
 from peft_debias.cli.train import config_from_args, load_recipe
 from peft_debias.core.errors import DebiasError
+
+from support.tiny_models import CORPUS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,6 +28,7 @@ def corpus(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.e2e
 def test_recipe_with_command_line_overrides(tiny_models, corpus, tmp_path) -> None:
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"description: tiny\nbase: {tiny_models['gpt2']}\ncorpus: {corpus}\nmax_steps: 50\nlr: 0.01\n"
@@ -59,6 +61,7 @@ def test_recipe_with_unset_variable(tmp_path, monkeypatch) -> None:
         load_recipe(recipe)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("recipe_text", "extra", "message"),
     [

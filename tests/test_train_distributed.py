@@ -10,7 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny_models import CORPUS
+
+from support.tiny_models import CORPUS
+
+pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 from huggingface_hub import ModelCard
-from test_vector_support import cast, dense_debias, load_all, perturb, write_toy
 from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
 from peft_debias import BiasVector
 from peft_debias.core.errors import DebiasError
 from peft_debias.vector.terms import EXCLUDE_PRESETS, is_excluded
+
+from support.vector import cast, dense_debias, load_all, perturb, write_toy
 
 
 @pytest.fixture(scope="module")

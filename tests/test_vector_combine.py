@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_vector_support import load_all
 
 from peft_debias import BiasVector
 from peft_debias.core.errors import DebiasError
 from peft_debias.vector.combine import combine, gram_matrix
 from peft_debias.vector.terms import DenseDelta
+
+from support.vector import load_all
 
 
 def vec(tensors: dict[str, torch.Tensor], axis: str) -> BiasVector:
@@ -108,7 +109,7 @@ def test_dare_is_seeded_rescaled_dropout(three) -> None:
 
 
 def test_combination_streams_into_a_model(tiny_models, tmp_path: Path) -> None:
-    from test_vector_support import perturb
+    from support.vector import perturb
 
     base = tiny_models["llama"]
     vectors = [
@@ -135,11 +136,12 @@ def test_bad_combinations(three) -> None:
         combine(three, "sum", weights=[1.0, float("nan"), 1.0])
 
 
+@pytest.mark.e2e
 def test_cli_combines_axes(tiny_models, tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from test_vector_support import perturb
+    from support.vector import perturb
 
     base = tiny_models["llama"]
     gender, race = perturb(base, tmp_path / "g", seed=1), perturb(base, tmp_path / "r", seed=2)

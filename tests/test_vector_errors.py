@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from test_vector_support import perturb, write_toy
 from transformers import AutoModelForCausalLM
 
 from peft_debias import BiasVector
 from peft_debias.core.errors import DebiasError
 from peft_debias.vector import shard_writer
+
+from support.vector import perturb, write_toy
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,7 @@ def test_mismatched_models_are_refused(models, case: str) -> None:
 
 
 def test_pickle_is_read_when_opted_in(models, tmp_path: Path) -> None:
-    from test_vector_support import load_all
+    from support.vector import load_all
 
     vector = BiasVector.from_models(models["llama"], models["llama_pickle"], allow_pickle=True)
     vector.apply_to(models["llama"], scale=-1.0, output=tmp_path / "a", progress=False)
@@ -152,6 +153,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("case", "extra", "message"),
     [
@@ -196,6 +198,7 @@ def test_cli_errors_are_one_line_and_write_nothing(models, tmp_path: Path, case:
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.e2e
 def test_cli_output_exists(models, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()

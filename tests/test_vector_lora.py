@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from test_vector_support import load_all
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from peft_debias import BiasVector
 from peft_debias.core.errors import DebiasError
+
+from support.vector import load_all
 
 
 def make_lora(base: Path, out: Path, seed: int = 0, **config) -> Path:
@@ -162,6 +163,7 @@ def test_excluded_modules_leave_the_adapter(tiny_models, tmp_path: Path) -> None
     assert torch.allclose(_logits(negated, tokenizer), _logits(merged, tokenizer), atol=1e-5)
 
 
+@pytest.mark.e2e
 def test_cli_negated_adapter(tiny_models, tmp_path: Path) -> None:
     import subprocess
     import sys

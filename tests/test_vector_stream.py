@@ -124,6 +124,7 @@ print((after - before) // 1024, after // 1024)
 """
 
 
+@pytest.mark.e2e
 def test_peak_memory_is_bounded_not_model_sized(tmp_path: Path) -> None:
     """Merging a 384 MiB checkpoint (768 MiB read, 384 MiB written) grows the RSS by far less than the model: a few
     16 MiB blocks, whatever the model size (bench/bench_vector.py shows 1B parameters staying far under 2 GiB)."""

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_vector_support import perturb
 from transformers import AutoModelForCausalLM
 
 from peft_debias import BiasVector
 from peft_debias.core.errors import DebiasError
 from peft_debias.vector.sweep import SweepConfig, lambda_sweep, parse_lambdas, summarize, write_sweep
+
+from support.vector import perturb
 
 KEY = "model.layers.0.self_attn.q_proj.weight"
 
@@ -92,6 +93,7 @@ def test_summarize_real_schema() -> None:
     assert summarize(results) == {"crows/gender": 55.0, "crows/race": 60.0, "seat/gender": 0.5, "perplexity": 12.5}
 
 
+@pytest.mark.e2e
 def test_cli_sweep_with_the_eval_suite(setup, tmp_path: Path, data_dir: Path) -> None:
     base, biased = setup
     out = tmp_path / "sweep"

@@ -1,7 +1,7 @@
 """Shared pieces of the evaluation-suite tests (tests/test_eval_*.py): a small data folder cut from the shared
 data, one torch thread, and hand-made per-sentence reference scores.
 
-The autouse fixture is imported into each test module (``from eval_helpers import single_thread``); modules that
+The autouse fixture is imported into each test module (``from support.eval_helpers import single_thread``); modules that
 need the small data folder define a module-scoped fixture over :func:`build_small_data` (in a temporary folder,
 never inside the repository).
 """

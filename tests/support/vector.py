@@ -1,4 +1,4 @@
-"""Helpers shared by the bias-vector tests (this module has no tests of its own).
+"""Helpers shared by the bias-vector tests.
 
 Checkpoints are handled as files: a "biased" model is the base with seeded noise added to its floating tensors,
 written with the same file names, so the vector code sees exactly what a fine-tuned copy would look like.

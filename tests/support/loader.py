@@ -1,4 +1,4 @@
-"""Shared helpers of the loader, merge and downstream tests (no tests here): tiny trained adapters, cached per session,
+"""Shared helpers of the loader, merge and downstream tests: tiny trained adapters, cached per session,
 and a generated classification set with a planted gender shortcut."""
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import CORPUS
 
 from peft_debias.loader.attach import adapter_parameters
 from peft_debias.train.adapter import train_adapter
 from peft_debias.train.config import TrainConfig
+
+from support.tiny_models import CORPUS
 
 _CACHE: dict[tuple[str, str, str], Path] = {}
 
