@@ -17,7 +17,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -29,7 +29,7 @@ from peft_debias.core.provenance import DEBIAS_CONFIG, sidecar, write_sidecar
 from peft_debias.models.loading import weights_fingerprint
 from peft_debias.vector.folders import copy_side_files, tied_aliases
 from peft_debias.vector.lora import LoraDelta, write_negated_adapter
-from peft_debias.vector.meta import VECTOR_JSON, VectorMeta, open_checkpoint
+from peft_debias.vector.meta import VECTOR_JSON, VectorLike, VectorMeta, open_checkpoint
 from peft_debias.vector.shard_writer import ShardWriter, parse_size
 from peft_debias.vector.stream import DEFAULT_CHUNK_BYTES, Checkpoint, release_memory, row_blocks, single_thread
 from peft_debias.vector.terms import (
@@ -38,9 +38,6 @@ from peft_debias.vector.terms import (
     file_fingerprint,
     fingerprint_from_digests,
 )
-
-if TYPE_CHECKING:
-    from peft_debias.vector.bias_vector import BiasVector
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +55,7 @@ class MergeResult:
     base_matches_vector: bool | None  # None when the vector records no comparable base fingerprint
 
 
-def _check_base(vector: BiasVector, ckpt: Checkpoint, label: str) -> None:
+def _check_base(vector: VectorLike, ckpt: Checkpoint, label: str) -> None:
     base = vector.meta.base
     known = {k: base.get(k) for k in ("model_type", "architectures", "vocab_size") if base.get(k)}
     check_compatible(known, ckpt.config, "the bias vector's base", label)
@@ -79,7 +76,7 @@ def _check_base(vector: BiasVector, ckpt: Checkpoint, label: str) -> None:
 
 
 def merge_into_folder(
-    vector: BiasVector,
+    vector: VectorLike,
     base: Any,
     output: str | Path,
     scale: float,
@@ -203,7 +200,7 @@ def debiased_info(vector, base, ckpt, scale, info, changed, params) -> dict[str,
     return sidecar("debiased_model", fields)
 
 
-def apply_to_module(vector: BiasVector, model: torch.nn.Module, scale: float, check_base: bool = True):
+def apply_to_module(vector: VectorLike, model: torch.nn.Module, scale: float, check_base: bool = True):
     """``theta = theta + scale * V`` in place on an in-memory model (float32 arithmetic, parameter dtype kept)."""
     params = dict(model.named_parameters())
     for name, info in vector.infos.items():
@@ -230,7 +227,7 @@ def apply_to_module(vector: BiasVector, model: torch.nn.Module, scale: float, ch
     return model
 
 
-def save_vector(vector: BiasVector, path: Path, *, overwrite: bool, shard_size: str | int, progress: bool) -> Path:
+def save_vector(vector: VectorLike, path: Path, *, overwrite: bool, shard_size: str | int, progress: bool) -> Path:
     """Write a vector folder (see :meth:`BiasVector.save`)."""
     from tqdm.auto import tqdm
 
@@ -270,7 +267,7 @@ def save_vector(vector: BiasVector, path: Path, *, overwrite: bool, shard_size: 
     return path
 
 
-def write_adapter(vector: BiasVector, output: Path, scale: float, *, overwrite: bool) -> Path:
+def write_adapter(vector: VectorLike, output: Path, scale: float, *, overwrite: bool) -> Path:
     """Write the PEFT adapter ``scale * V`` of a one-LoRA vector (see :meth:`BiasVector.to_adapter`)."""
     if len(vector.terms) != 1 or not isinstance(vector.terms[0][1], LoraDelta):
         raise DebiasError(

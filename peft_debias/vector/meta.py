@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 import math
 import numbers
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from peft_debias.core.errors import DebiasError
 from peft_debias.vector.folders import resolve_folder
-from peft_debias.vector.stream import Checkpoint
+from peft_debias.vector.stream import Checkpoint, TensorInfo
+from peft_debias.vector.terms import Term
 
 VECTOR_JSON = "bias_vector.json"
 
@@ -88,3 +90,29 @@ def read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError) as err:
         raise DebiasError(f"{path} is not valid JSON ({err})", "restore or re-create the file") from err
     return data if isinstance(data, dict) else None
+
+
+class VectorLike(Protocol):
+    """What applying and saving need of a bias vector (:class:`~peft_debias.vector.bias_vector.BiasVector` is one):
+    its metadata, its terms, and its tensors a block of rows at a time."""
+
+    meta: VectorMeta
+    terms: list[tuple[float, Term]]
+    infos: dict[str, TensorInfo]
+
+    @property
+    def num_params(self) -> int: ...
+
+    def __contains__(self, name: object) -> bool: ...
+
+    def __iter__(self) -> Iterator[str]: ...
+
+    def __len__(self) -> int: ...
+
+    def keys(self) -> list[str]: ...
+
+    def rows(self, name: str, start: int, stop: int, scale: float = 1.0) -> Any: ...
+
+    def tensor(self, name: str, scale: float = 1.0) -> Any: ...
+
+    def blocks(self, name: str, chunk_bytes: int = ...) -> Iterator[tuple[int, int]]: ...
