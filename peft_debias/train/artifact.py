@@ -14,9 +14,22 @@ from peft_debias.core.provenance import sidecar, write_sidecar
 from peft_debias.train.config import Trained
 
 
+def base_model_info(trained: Trained) -> dict[str, Any]:
+    """The ``base_model`` entry of a trained artifact's ``debias_config.json``: where the base came from."""
+    config, loaded = trained.config, trained.loaded
+    return {
+        "name": config.base,
+        "path": loaded.path,
+        "revision": config.revision,
+        "kind": loaded.kind.value,
+        "model_type": getattr(loaded.model.config, "model_type", None),
+        "weights_fingerprint": trained.base_fingerprint,
+    }
+
+
 def adapter_info(trained: Trained, peft_type: str) -> dict[str, Any]:
     """The ``debias_config.json`` content of a trained adapter."""
-    config, loaded, result, axis = trained.config, trained.loaded, trained.result, trained.axis
+    config, result, axis = trained.config, trained.result, trained.axis
     options, objective_options = config.method_options, config.objective_options
     method: dict[str, Any] = {"name": config.method, "peft_type": peft_type}
     if config.method == "lora":
@@ -31,15 +44,7 @@ def adapter_info(trained: Trained, peft_type: str) -> dict[str, Any]:
         "axis_fingerprint": axis.fingerprint if axis is not None else None,
         "method": method,
         "objective": trained.objective,
-        "base_model": {
-            "name": config.base,
-            "path": loaded.path,
-            "revision": config.revision,
-            "kind": loaded.kind.value,
-            "model_type": getattr(loaded.model.config, "model_type", None),
-            "weights_fingerprint": trained.base_fingerprint,
-            "backbone_fingerprint": trained.backbone_fingerprint,
-        },
+        "base_model": {**base_model_info(trained), "backbone_fingerprint": trained.backbone_fingerprint},
         "corpus": corpus_provenance(config.corpus),
         "cda": {"swapped": config.cda, "mode": config.cda_options.mode, **trained.data},
         "training": {

@@ -25,7 +25,7 @@ from typing import Any
 
 from peft_debias.core.errors import DebiasError
 from peft_debias.core.provenance import sidecar
-from peft_debias.train.artifact import adapter_info, write_folder
+from peft_debias.train.artifact import adapter_info, base_model_info, write_folder
 from peft_debias.train.config import FLAT_KEYS, TrainConfig, Trained, Writer
 
 logger = logging.getLogger(__name__)
@@ -230,20 +230,13 @@ def _adapter_info(trained: Trained, corpus: dict[str, Any], config: BiasedConfig
 
 
 def _model_info(trained: Trained, corpus: dict[str, Any], config: BiasedConfig) -> dict[str, Any]:
-    loaded, result = trained.loaded, trained.result
+    result = trained.result
     fields = {
         "paper": "bias_vector",
         "axis": config.axis,
         "method": "full",
         "objective": trained.objective,
-        "base_model": {
-            "name": config.base,
-            "path": loaded.path,
-            "revision": config.revision,
-            "kind": loaded.kind.value,
-            "model_type": getattr(trained.model.config, "model_type", None),
-            "weights_fingerprint": trained.base_fingerprint,
-        },
+        "base_model": base_model_info(trained),
         "corpus": corpus,
         "training": {
             "steps": result.steps,
