@@ -246,6 +246,8 @@ CATALOGUE: list[Row] = [
      "max sentences -3 is not positive"),
     ("cda-huge-keep-ratio", lambda c: _cda(c, str(c.bad["corpus"]), "--keep-ratio", "1e9"),
      "keep ratio 1000000000.0 is outside [0, 1]"),
+    ("cda-negative-seed", lambda c: _cda(c, str(c.bad["corpus"]), "--seed", "-1"),
+     "argument --seed: must be >= 0, not -1"),
     ("cda-corpus-path-trick", lambda c: _cda(c, "org/../../etc/passwd"), "corpus org/../../etc/passwd not found"),
     ("cda-empty-corpus-folder", lambda c: (c.tmp / "empty").mkdir() or _cda(c, str(c.tmp / "empty")),
      "has no .txt/.raw/.tokens/.jsonl/.csv files"),
@@ -271,6 +273,12 @@ CATALOGUE: list[Row] = [
     ("train-zero-mask-probability", lambda c: _train(c, "--mlm-probability", "0", base="bert"),
      "mlm_probability 0.0 is outside (0, 1)"),
     ("train-unknown-scheduler", lambda c: _train(c, "--scheduler", "warp"), "unknown scheduler 'warp'"),
+    ("train-negative-seed", lambda c: _train(c, "--seed", "-1"), "argument --seed: must be >= 0, not -1"),
+    ("train-zero-log-every", lambda c: _train(c, "--log-every", "0"), "argument --log-every: must be >= 1, not 0"),
+    ("train-negative-save-every", lambda c: _train(c, "--save-every", "-5"), "argument --save-every: must be >= 0"),
+    ("train-negative-eval-max-rows", lambda c: _train(c, "--eval-max-rows", "-1"),
+     "argument --eval-max-rows: must be >= 0, not -1"),
+    ("train-recipe-zero-log-every", lambda c: _recipe(c, "log_every: 0\n"), "log_every 0 is below 1"),
     ("train-pickle-base", lambda c: _train(c, base="pickle_model"), "has only pickle checkpoints"),
     ("train-remote-code-base", lambda c: _train(c, base="remote_code_model"), "needs its own code to load"),
     ("train-truncated-base", lambda c: _train(c, base="truncated_model"), "check that the model folder is complete"),
@@ -280,6 +288,7 @@ CATALOGUE: list[Row] = [
     ("eval-garbage-model-weights", lambda c: _eval(c, model="garbage_model"), "Error while deserializing header"),
     ("eval-pickle-model", lambda c: _eval(c, model="pickle_model"), "refused as unpickling can run code"),
     ("eval-remote-code-model", lambda c: _eval(c, model="remote_code_model"), "pass trust_remote_code=True"),
+    ("eval-negative-threads", lambda c: _eval(c, "--threads", "-1"), "argument --threads: must be >= 1, not -1"),
     ("eval-model-path-trick", lambda c: ["eval", "--model", "../no/../../such/model", "--output", str(c.out)],
      "model ../no/../../such/model not found"),
     ("eval-seat-file-broken-json", _broken_seat, "weat6.jsonl is not valid JSON"),
@@ -321,6 +330,16 @@ CATALOGUE: list[Row] = [
      "unknown method 'dpo'"),
     ("biased-nan-learning-rate", lambda c: ["biased", "--base", c.m("llama"), "--output", str(c.out), "--lr", "nan"],
      "learning rate nan"),
+    ("biased-negative-seed", lambda c: ["biased", "--base", c.m("llama"), "--output", str(c.out), "--seed", "-1"],
+     "argument --seed: must be >= 0, not -1"),
+    ("demo-zero-threads", lambda c: ["demo", "--threads", "0", "--output", str(c.out), "--data-dir", str(c.data)],
+     "argument --threads: must be >= 1, not 0"),
+    ("experiment-zero-threads",
+     lambda c: ["experiment", "--config", c.file("e.yaml", "models: [m]\n"), "--output", str(c.out), "--threads", "0"],
+     "argument --threads: must be >= 1, not 0"),
+    ("experiment-negative-seed",
+     lambda c: ["experiment", "--config", c.file("e.yaml", "models: [m]\ncorpus: [c]\nseeds: [-1]\n"), "--output",
+                str(c.out)], "seeds has negative seeds [-1]"),
     ("demo-zero-training-steps",
      lambda c: ["demo", "--lora-steps", "0", "--output", str(c.out), "--data-dir", str(c.data)],
      "lora_steps is 0; pass a positive number"),
@@ -390,7 +409,7 @@ def test_catalogue_is_large_and_cross_command() -> None:
     ids = [row[0] for row in CATALOGUE]
     assert len(ids) == len(set(ids)) >= 30
     commands = {i.split("-")[0] for i in ids}
-    assert commands == {"cda", "train", "eval", "vector", "merge", "biased", "demo"}
+    assert commands == {"cda", "train", "eval", "vector", "merge", "biased", "demo", "experiment"}
 
 
 @pytest.mark.parametrize(

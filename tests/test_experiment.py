@@ -112,6 +112,8 @@ def test_vector_cells_train_on_the_select_half_the_evaluation_uses(data_dir: Pat
         ({"objectives": ["mse"]}, "unknown objective 'mse'"),
         ({"seeds": 0}, "seeds is 0 (< 1)"),
         ({"seeds": []}, "seeds is []"),
+        ({"seeds": [-1]}, "seeds has negative seeds [-1]"),
+        ({"vector": {"seeds": [0, -2]}}, "vector.seeds has negative seeds [-2]"),
         ({"eval_steps": [5]}, "eval step 5 is beyond max_steps"),
         ({"train": {"max_steps": 2, "seed": 3}}, "train sets seed; these are set by the grid"),
         ({"train": {"learning_rate": 1}}, "train has unknown key(s) learning_rate; known keys: allow_pickle, alpha"),

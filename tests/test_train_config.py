@@ -85,3 +85,23 @@ def test_command_line_options_are_the_flat_keys() -> None:
     args = parser.parse_args(["--r", "4", "--cda-mode", "one", "--no-cda", "--target-modules", "q", "--beta", "2"])
     config = config_from_args(args)
     assert (config.r, config.cda_mode, config.cda, config.target_modules, config.beta) == (4, "one", False, ["q"], 2.0)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [({"log_every": 0}, "log_every 0 is below 1"), ({"seed": -1}, "seed -1 is below 0"),
+     ({"eval_max_rows": -1}, "eval_max_rows -1 is below 0"), ({"save_every": -1}, "save_every -1 is below 0")],
+)  # fmt: skip
+def test_the_python_api_refuses_numbers_below_their_bound(tmp_path, values: dict, message: str) -> None:
+    """The bounds of the generated options hold for the API too, before any work folder is made."""
+    from peft_debias.train.adapter import train_adapter
+
+    out = tmp_path / "out"
+    config = TrainConfig(base="b", corpus=["c"], output=str(out), **values)
+    with pytest.raises(DebiasError, match=message):
+        train_adapter(config)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_zero_means_never_for_eval_and_save_every() -> None:
+    TrainConfig(base="b", corpus=["c"], output="o", eval_every=0, save_every=0, eval_max_rows=0).validate()

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from peft_debias.cda.axes import get_axis
 from peft_debias.cda.corpora import iter_sentences
 from peft_debias.cda.swapping import CDA_MODES, counterfactuals
+from peft_debias.core.bounds import check_minimums
 from peft_debias.core.errors import DebiasError, one_line
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class CDAConfig:
     min_words: int = field(default=4, metadata={"help": "drop shorter sentences"})
     max_words: int = field(default=128, metadata={"help": "drop longer sentences"})
     max_sentences: int | None = field(default=None, metadata={"help": "stop after this many axis sentences"})
-    seed: int = field(default=0, metadata={"help": "seed for keep_ratio sampling and the shuffle"})
+    seed: int = field(default=0, metadata={"help": "seed for keep_ratio sampling and the shuffle", "min": 0})
     shuffle: bool = field(default=True, metadata={"help": "shuffle the records with the seed"})
     text_format: str = field(default="auto", metadata={"help": "auto | plain | gutenberg | wikitext"})
     text_column: str = field(default="text", metadata={"help": "text field of JSONL/CSV/Hub records"})
@@ -43,6 +44,7 @@ class CDAConfig:
     def validate(self) -> None:
         from peft_debias.cda.names import with_names
 
+        check_minimums(self)
         with_names(get_axis(self.axis), self.names)
         if self.mode not in CDA_MODES:
             raise DebiasError(f"unknown CDA mode {self.mode!r} (known: {', '.join(CDA_MODES)})", "pick a known mode")

@@ -6,6 +6,7 @@ import argparse
 
 from peft_debias.cda.corpora import TEXT_FORMATS
 from peft_debias.cda.dataset import CDAConfig
+from peft_debias.cli.options import at_least
 
 HELP = "counterfactually augment a corpus (JSONL out: id, text, counterfactuals)"
 
@@ -31,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-words", type=int, default=4)
     parser.add_argument("--max-words", type=int, default=128)
     parser.add_argument("--max-sentences", type=int, default=None, help="stop after this many axis sentences")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=at_least(int, 0), default=0)
     parser.add_argument("--no-shuffle", action="store_true", help="keep corpus order")
     parser.add_argument("--text-format", default="auto", choices=TEXT_FORMATS)
     parser.add_argument("--text-column", default="text", help="text field of JSONL/CSV/Hub records")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from peft_debias.cli.options import add_dataclass_arguments
+from peft_debias.cli.options import add_dataclass_arguments, at_least
 
 HELP = "run the main job on the bundled models: measure bias, train adapters, bias vector, report"
 
@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_dataclass_arguments(parser, DemoConfig, hidden=("progress", "lambdas"))
     parser.add_argument("--lambdas", default=argparse.SUPPRESS, help="bias-vector lambdas, e.g. 0.5,1")
-    parser.add_argument("--threads", type=int, default=argparse.SUPPRESS, help="torch CPU threads")
+    parser.add_argument("--threads", type=at_least(int, 1), default=argparse.SUPPRESS, help="torch CPU threads")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from peft_debias.cli.options import at_least
+
 HELP = "evaluate bias (SEAT, CrowS-Pairs, StereoSet) and LM quality; compare runs; plot result files"
 
 
@@ -69,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="score only this half of the CrowS/StereoSet items (tune on 'select', report 'report')",
     )
     what.add_argument("--split-seed", type=int, default=0, help="seed of the item split (default 0)")
-    what.add_argument("--threads", type=int, help="torch CPU threads")
+    what.add_argument("--threads", type=at_least(int, 1), help="torch CPU threads")
     what.add_argument("--no-progress", action="store_true", help="no progress bars")
     out = parser.add_argument_group("outputs")
     out.add_argument("--output", help="results JSON (evaluate / --results) or chart PNG (--plot)")

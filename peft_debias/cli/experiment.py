@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from peft_debias.cli.options import at_least
+
 HELP = "run a seeded grid of adapters / bias vectors with no-swap controls and write a statistical report"
 
 
@@ -19,7 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report-only", action="store_true", help="run nothing; report the finished cells")
     parser.add_argument("--keep-biased", action="store_true", default=None, help="keep vector cells' biased models")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (1 is steadier on a shared machine)")
+    parser.add_argument(
+        "--threads", type=at_least(int, 1), help="torch CPU threads (1 is steadier on a shared machine)"
+    )
     parser.add_argument(
         "--shard",
         metavar="K/N",

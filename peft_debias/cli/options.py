@@ -1,7 +1,9 @@
 """Command-line options generated from a documented dataclass config (``max_steps`` -> ``--max-steps``).
 
 Options default to ``argparse.SUPPRESS`` so that only what the user typed overrides a recipe or the dataclass
-defaults; booleans get ``--x/--no-x``, list fields are repeatable, the field's ``metadata["help"]`` is the help text.
+defaults; booleans get ``--x/--no-x``, list fields are repeatable, the field's ``metadata["help"]`` is the help text
+and ``metadata["min"]`` a lower bound checked while parsing (:func:`at_least`): an out-of-range number is a
+one-line usage error.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import argparse
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import MISSING, fields
 from typing import Any
 
@@ -19,6 +21,19 @@ def _base_type(hint: Any) -> Any:
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
         return args[0]
     return hint
+
+
+def at_least(kind: Callable[[str], Any], minimum: float) -> Callable[[str], Any]:
+    """An argparse ``type=``: the text as ``kind`` (``int``, ``float``), refused when below ``minimum``."""
+
+    def convert(text: str) -> Any:
+        value = kind(text)  # a ValueError is argparse's "invalid int value"
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, not {value}")
+        return value
+
+    convert.__name__ = getattr(kind, "__name__", "number")
+    return convert
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, hidden: Iterable[str] = ("progress",)) -> None:
@@ -37,7 +52,9 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, hidden: 
         elif typing.get_origin(kind) is list:
             parser.add_argument(flag, action="append", default=argparse.SUPPRESS, help=help_text + " (repeatable)")
         else:
-            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
+            minimum = f.metadata.get("min")
+            convert = kind if minimum is None else at_least(kind, minimum)
+            parser.add_argument(flag, type=convert, default=argparse.SUPPRESS, help=help_text)
     if "progress" in hidden:
         parser.add_argument(
             "--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS, help="no progress bar"

@@ -47,7 +47,7 @@ class DemoConfig:
     axis: str = field(default="gender", metadata={"help": "bias axis"})
     causal_model: str = field(default="bundled:smollm2", metadata={"help": "causal LM to debias"})
     encoder_model: str = field(default="bundled:minilm", metadata={"help": "sentence encoder for SEAT ('' skips)"})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "random seed", "min": 0})
     lora_steps: int | None = field(default=None, metadata={"help": "LoRA steps (default 150, quick 20)"})
     prefix_steps: int | None = field(default=None, metadata={"help": "prefix steps (default 60; 0 skips, quick)"})
     encoder_steps: int | None = field(default=None, metadata={"help": "encoder LoRA steps (default 200, quick 20)"})

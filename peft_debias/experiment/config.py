@@ -302,6 +302,9 @@ def _seeds(value: Any, where: str) -> list[int]:
     ints = isinstance(value, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in value)
     if not ints or not value:
         raise _err(f"{where} is {one_line(value, 60)}", "give a count (e.g. 3) or a non-empty list of integers")
+    negative = [s for s in value if s < 0]
+    if negative:
+        raise _err(f"{where} has negative seeds {negative}", "use seeds >= 0")
     return list(dict.fromkeys(value))
 
 

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from peft_debias.core.bounds import check_minimums
 from peft_debias.core.errors import DebiasError
 from peft_debias.core.provenance import sidecar
 from peft_debias.train.artifact import adapter_info, base_model_info, write_folder
@@ -70,7 +71,7 @@ class BiasedConfig:
     max_length: int = field(default=64, metadata={"help": "tokens per sequence"})
     eval_fraction: float = field(default=0.05, metadata={"help": "held-out share of the sentences"})
     mlm_probability: float = 0.15
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "random seed", "min": 0})
     r: int = 8
     alpha: int = 16
     target_modules: list[str] | None = None
@@ -81,6 +82,7 @@ class BiasedConfig:
     progress: bool = True
 
     def validate(self) -> BiasedConfig:
+        check_minimums(self)
         checks = [
             (not self.base, "no base model given", "pass --base MODEL"),
             (not self.output, "no output folder given", "pass --output DIR"),

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_debias.cda.dataset import CDAConfig
+from peft_debias.core.bounds import check_minimums
 from peft_debias.core.errors import DebiasError
 from peft_debias.core.fingerprints import sha256_text
 from peft_debias.models.options import MethodOptions
@@ -94,13 +95,13 @@ class TrainConfig:
     batch_size: int = field(default=8, metadata={"help": "rows per micro-batch per process"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     max_length: int = field(default=128, metadata={"help": "tokens per sequence"})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "random seed", "min": 0})
     mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16"})
     eval_fraction: float = field(default=0.05, metadata={"help": "held-out share of the CDA sentences"})
-    eval_max_rows: int = field(default=256, metadata={"help": "cap on held-out rows"})
-    eval_every: int = 50
-    save_every: int = 100
-    log_every: int = 10
+    eval_max_rows: int = field(default=256, metadata={"help": "cap on held-out rows", "min": 0})
+    eval_every: int = field(default=50, metadata={"help": "held-out loss every N steps (0: at the end only)", "min": 0})
+    save_every: int = field(default=100, metadata={"help": "checkpoint every N steps (0: never)", "min": 0})
+    log_every: int = field(default=10, metadata={"help": "log line every N steps", "min": 1})
     world_size: int | None = field(default=None, metadata={"help": "expected number of processes"})
     cda: bool = field(default=True, metadata={"help": "False trains the no-swap control on the same sentences"})
     cda_options: CDAConfig = field(
@@ -199,6 +200,7 @@ class TrainConfig:
             from peft_debias.models.methods import get_method
 
             get_method(self.method)
+        check_minimums(self)
         for bad, problem, fix in [*self._run_checks(given_texts), *self._option_checks()]:
             if bad:
                 raise DebiasError(problem, fix)
