@@ -175,6 +175,38 @@ def _full_vector(ctx: Ctx) -> list[str]:
     return ["vector", "--base", ctx.m("llama"), "--biased", ctx.m("biased"), "--lambda", "1", "--output", str(ctx.out)]
 
 
+@contextlib.contextmanager
+def time_limit(seconds: int) -> Iterator[None]:
+    """Fail instead of hanging: SIGALRM interrupts a blocked call (e.g. opening a FIFO nobody writes to)."""
+
+    def expire(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    handler = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, handler)
+
+
+def fifo(ctx: Ctx, name: str = "fifo.txt") -> str:
+    """A named pipe without a writer (opening it for reading would block forever), under a time limit."""
+    path = ctx.tmp / name
+    path.parent.mkdir(exist_ok=True)
+    os.mkfifo(path)
+    ctx.around = time_limit(120)
+    return str(path)
+
+
+def _fifo_in_folder(ctx: Ctx) -> list[str]:
+    (ctx.tmp / "folder").mkdir()
+    (ctx.tmp / "folder" / "a.txt").write_text(CORPUS_TEXT)
+    fifo(ctx, "folder/b.txt")
+    return _cda(ctx, str(ctx.tmp / "folder"))
+
+
 def _cda_into_a_file(ctx: Ctx) -> list[str]:
     return ["cda", "--axis", "gender", "--corpus", str(ctx.bad["corpus"]), "--output", ctx.file("f", "x") + "/o.jsonl"]
 
@@ -248,6 +280,8 @@ CATALOGUE: list[Row] = [
      "keep ratio 1000000000.0 is outside [0, 1]"),
     ("cda-negative-seed", lambda c: _cda(c, str(c.bad["corpus"]), "--seed", "-1"),
      "argument --seed: must be >= 0, not -1"),
+    ("cda-fifo-corpus", lambda c: _cda(c, fifo(c)), "fifo.txt is a named pipe (FIFO), not a regular file"),
+    ("cda-fifo-in-corpus-folder", _fifo_in_folder, "b.txt is a named pipe (FIFO), not a regular file or folder"),
     ("cda-corpus-path-trick", lambda c: _cda(c, "org/../../etc/passwd"), "corpus org/../../etc/passwd not found"),
     ("cda-empty-corpus-folder", lambda c: (c.tmp / "empty").mkdir() or _cda(c, str(c.tmp / "empty")),
      "has no .txt/.raw/.tokens/.jsonl/.csv files"),
@@ -279,6 +313,7 @@ CATALOGUE: list[Row] = [
     ("train-negative-eval-max-rows", lambda c: _train(c, "--eval-max-rows", "-1"),
      "argument --eval-max-rows: must be >= 0, not -1"),
     ("train-recipe-zero-log-every", lambda c: _recipe(c, "log_every: 0\n"), "log_every 0 is below 1"),
+    ("train-fifo-corpus", lambda c: _train(c, corpus=fifo(c)), "fifo.txt is a named pipe (FIFO)"),
     ("train-pickle-base", lambda c: _train(c, base="pickle_model"), "has only pickle checkpoints"),
     ("train-remote-code-base", lambda c: _train(c, base="remote_code_model"), "needs its own code to load"),
     ("train-truncated-base", lambda c: _train(c, base="truncated_model"), "check that the model folder is complete"),
@@ -332,6 +367,9 @@ CATALOGUE: list[Row] = [
      "learning rate nan"),
     ("biased-negative-seed", lambda c: ["biased", "--base", c.m("llama"), "--output", str(c.out), "--seed", "-1"],
      "argument --seed: must be >= 0, not -1"),
+    ("biased-fifo-corpus",
+     lambda c: ["biased", "--base", c.m("llama"), "--output", str(c.out), "--corpus", fifo(c), "--max-steps", "1"],
+     "fifo.txt is a named pipe (FIFO)"),
     ("demo-zero-threads", lambda c: ["demo", "--threads", "0", "--output", str(c.out), "--data-dir", str(c.data)],
      "argument --threads: must be >= 1, not 0"),
     ("experiment-zero-threads",

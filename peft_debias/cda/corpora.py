@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -74,7 +75,37 @@ def sniff_text_format(head: str) -> str:
     return "plain"
 
 
+def _file_kind(path: Path, missing: str | None = None) -> str:
+    """``"file"``, ``"folder"`` or what else ``path`` is (a FIFO, a socket, a device), from ``os.stat`` alone:
+    nothing is opened, so a FIFO with no writer cannot block the run. A path that does not resolve (a dangling
+    link) is ``missing`` when given, else an error."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError as err:
+        if missing is not None:
+            return missing
+        raise DebiasError(f"corpus {path} not found", "pass an existing file or folder") from err
+    except OSError as err:
+        raise DebiasError(f"cannot read corpus {path} ({err.strerror})", "check the path and permissions") from err
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    if stat.S_ISFIFO(mode):
+        return "named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special file"
+
+
+def _refuse_special(path: Path, kind: str) -> DebiasError:
+    return DebiasError(f"corpus {path} is a {kind}, not a regular file or folder", "pass text files or folders of them")
+
+
 def _open_text(path: Path):
+    kind = _file_kind(path)
+    if kind != "file":
+        raise _refuse_special(path, kind)
     try:
         head = path.open("rb").read(65536)
     except OSError as err:
@@ -193,13 +224,20 @@ def _hub_texts(dataset_id: str, text_column: str, split: str) -> Iterator[str]:
 def corpus_files(source: str | Path) -> list[Path]:
     """The files a local source stands for (a file, or the corpus files in a folder, sorted)."""
     path = Path(source)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in FILE_SUFFIXES)
+    kind = _file_kind(path)
+    if kind == "folder":
+        entries = sorted(p for p in path.iterdir() if p.suffix.lower() in FILE_SUFFIXES)
+        special = [(p, k) for p in entries if (k := _file_kind(p, "missing")) not in ("file", "folder", "missing")]
+        if special:
+            raise _refuse_special(*special[0])
+        files = [p for p in entries if p.is_file()]
         if not files:
             raise DebiasError(
                 f"corpus folder {path} has no {'/'.join(FILE_SUFFIXES)} files", "add files or pick another"
             )
         return files
+    if kind != "file":
+        raise _refuse_special(path, kind)
     return [path]
 
 
