@@ -65,3 +65,19 @@ def test_parent_that_is_a_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(DebiasError, match="is not a folder"), atomic_output(tmp_path / "file" / "out"):
         pass
+
+
+def test_an_output_may_not_be_or_hold_an_input(tmp_path: Path) -> None:
+    from peft_debias.core.atomic import check_not_input
+
+    model = tmp_path / "models" / "base"
+    model.mkdir(parents=True)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("text\n")
+    (tmp_path / "link").symlink_to(model)
+    for dest, relation in [(model, "is"), (tmp_path / "models", "contains"), (corpus, "is"), (tmp_path, "contains"),
+                           (tmp_path / "link", "is"), (model / "..", "contains")]:  # fmt: skip
+        with pytest.raises(DebiasError, match=f"{relation} the input"):
+            check_not_input(dest, ["org/model-on-the-hub", str(model), str(corpus)])
+    check_not_input(model / "debiased", [model, corpus])  # inside an input folder: fine
+    check_not_input(tmp_path / "other", [model, corpus, "bundled:smollm2", "org/model"])

@@ -207,6 +207,31 @@ def _fifo_in_folder(ctx: Ctx) -> list[str]:
     return _cda(ctx, str(ctx.tmp / "folder"))
 
 
+def own_copy(ctx: Ctx, name: str) -> str:
+    """A copy of a model in the row's folder: a row that should refuse to replace it may not touch the shared one."""
+    return str(shutil.copytree(ctx.m(name), ctx.tmp / name))
+
+
+def _train_into_corpus_folder(ctx: Ctx) -> list[str]:
+    corpus = ctx.file("corpus.txt", CORPUS_TEXT)
+    return [*_train(ctx, "--overwrite", corpus=corpus), "--output", str(ctx.tmp)]
+
+
+def _train_onto_base(ctx: Ctx) -> list[str]:
+    base = own_copy(ctx, "llama")
+    return [*_train(ctx, "--overwrite"), "--base", base, "--output", base]
+
+
+def _vector_onto_biased(ctx: Ctx) -> list[str]:
+    biased = own_copy(ctx, "biased")
+    return [*_vector(ctx, "biased", "--overwrite"), "--biased", biased, "--output", biased]
+
+
+def _vector_into_base_parent(ctx: Ctx) -> list[str]:
+    base = own_copy(ctx, "llama")
+    return [*_vector(ctx, "biased", "--overwrite"), "--base", base, "--output", str(ctx.tmp)]
+
+
 def _cda_into_a_file(ctx: Ctx) -> list[str]:
     return ["cda", "--axis", "gender", "--corpus", str(ctx.bad["corpus"]), "--output", ctx.file("f", "x") + "/o.jsonl"]
 
@@ -282,6 +307,8 @@ CATALOGUE: list[Row] = [
      "argument --seed: must be >= 0, not -1"),
     ("cda-fifo-corpus", lambda c: _cda(c, fifo(c)), "fifo.txt is a named pipe (FIFO), not a regular file"),
     ("cda-fifo-in-corpus-folder", _fifo_in_folder, "b.txt is a named pipe (FIFO), not a regular file or folder"),
+    ("cda-output-is-the-corpus", lambda c: _cda(c, p := c.file("c.txt", CORPUS_TEXT), "--overwrite", "--output", p),
+     "c.txt is the input"),
     ("cda-corpus-path-trick", lambda c: _cda(c, "org/../../etc/passwd"), "corpus org/../../etc/passwd not found"),
     ("cda-empty-corpus-folder", lambda c: (c.tmp / "empty").mkdir() or _cda(c, str(c.tmp / "empty")),
      "has no .txt/.raw/.tokens/.jsonl/.csv files"),
@@ -314,6 +341,11 @@ CATALOGUE: list[Row] = [
      "argument --eval-max-rows: must be >= 0, not -1"),
     ("train-recipe-zero-log-every", lambda c: _recipe(c, "log_every: 0\n"), "log_every 0 is below 1"),
     ("train-fifo-corpus", lambda c: _train(c, corpus=fifo(c)), "fifo.txt is a named pipe (FIFO)"),
+    ("train-output-is-the-base", _train_onto_base, "is the input"),
+    ("train-output-holds-the-corpus", _train_into_corpus_folder, "contains the input"),
+    ("train-output-is-the-corpus",
+     lambda c: [*_train(c, "--overwrite", corpus=(p := c.file("c.txt", CORPUS_TEXT))), "--output", p],
+     "c.txt is the input"),
     ("train-pickle-base", lambda c: _train(c, base="pickle_model"), "has only pickle checkpoints"),
     ("train-remote-code-base", lambda c: _train(c, base="remote_code_model"), "needs its own code to load"),
     ("train-truncated-base", lambda c: _train(c, base="truncated_model"), "check that the model folder is complete"),
@@ -352,6 +384,8 @@ CATALOGUE: list[Row] = [
      "size '-5MB' is not positive"),
     ("vector-nan-density", lambda c: _vector(c, "biased", "--biased", c.m("biased"), "--combine", "ties",
                                              "--density", "nan"), "density nan is outside (0, 1]"),
+    ("vector-output-is-the-biased-model", _vector_onto_biased, "is the input"),
+    ("vector-output-holds-the-base", _vector_into_base_parent, "contains the input"),
     ("vector-full-disk", _full_vector, "outgrew the file size limit"),
     # ---- merge
     ("merge-adapter-config-broken-json", lambda c: _merge(c, c.m("broken_adapter")), "is not valid JSON"),
@@ -370,6 +404,9 @@ CATALOGUE: list[Row] = [
     ("biased-fifo-corpus",
      lambda c: ["biased", "--base", c.m("llama"), "--output", str(c.out), "--corpus", fifo(c), "--max-steps", "1"],
      "fifo.txt is a named pipe (FIFO)"),
+    ("biased-output-is-the-base",
+     lambda c: ["biased", "--base", (b := own_copy(c, "llama")), "--output", b, "--overwrite", "--max-steps", "1"],
+     "is the input"),
     ("demo-zero-threads", lambda c: ["demo", "--threads", "0", "--output", str(c.out), "--data-dir", str(c.data)],
      "argument --threads: must be >= 1, not 0"),
     ("experiment-zero-threads",

@@ -41,9 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from peft_debias.cda.dataset import build_cda_dataset, quiet_datasets
-    from peft_debias.core.atomic import atomic_output, check_destination
+    from peft_debias.core.atomic import atomic_output, check_destination, check_not_input
 
     check_destination(args.output, overwrite=args.overwrite)
+    check_not_input(args.output, args.corpus)
     config = CDAConfig(
         axis=args.axis,
         mode=args.mode,

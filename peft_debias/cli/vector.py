@@ -104,7 +104,7 @@ def load_source(item: str, base: Any, axis: str | None, exclude: list[str], allo
 
 
 def run(args: argparse.Namespace) -> int:
-    from peft_debias.core.atomic import check_destination
+    from peft_debias.core.atomic import check_destination, check_not_input
     from peft_debias.vector.combine import COMBINE_METHODS, combine
     from peft_debias.vector.meta import open_checkpoint
     from peft_debias.vector.terms import DEFAULT_EXCLUDE
@@ -119,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     if axes and len(axes) not in (1, len(args.biased)):
         raise DebiasError(f"{len(axes)} --axis for {len(args.biased)} --biased", "give one --axis per --biased")
     check_destination(args.output, overwrite=args.overwrite)
+    check_not_input(args.output, [args.base, *args.biased])
     exclude = ([] if args.no_default_exclude else list(DEFAULT_EXCLUDE)) + list(args.exclude)
     base = open_checkpoint(args.base, args.allow_pickle)
     vectors = [

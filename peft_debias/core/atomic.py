@@ -15,7 +15,7 @@ import re
 import shutil
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from peft_debias.core.errors import DebiasError, one_line
@@ -35,6 +35,21 @@ def check_destination(dest: str | os.PathLike, *, overwrite: bool = False) -> Pa
     if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
         raise DebiasError(f"cannot write to {parent} (permission denied)", "choose a writable output location")
     return dest
+
+
+def check_not_input(dest: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> None:
+    """Refuse an output that is one of the local ``inputs`` or a folder holding one: with ``--overwrite`` the
+    command would replace what it reads. An output inside an input folder is fine; inputs that are not local
+    paths (Hub ids, bundled aliases) are skipped."""
+    out = Path(dest).resolve()
+    for item in inputs:
+        source = Path(item)
+        if not source.exists():
+            continue
+        source = source.resolve()
+        if source == out or out in source.parents:
+            relation = "is" if source == out else "contains"
+            raise DebiasError(f"output {dest} {relation} the input {item}", "choose an output path outside the inputs")
 
 
 def _fsync_tree(path: Path) -> None:

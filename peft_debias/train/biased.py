@@ -168,7 +168,7 @@ class BiasedResult:
 
 def train_biased(config: BiasedConfig | None = None, **overrides: Any) -> BiasedResult:
     """Train a biased model (``method="full"``) or LoRA adapter (``"lora"``) and write it to ``config.output``."""
-    from peft_debias.core.atomic import check_destination
+    from peft_debias.core.atomic import check_destination, check_not_input
     from peft_debias.train.loop import train
     from peft_debias.train.work import work_dir
 
@@ -179,6 +179,7 @@ def train_biased(config: BiasedConfig | None = None, **overrides: Any) -> Biased
         setattr(config, key, value)
     config.validate()
     check_destination(config.output, overwrite=config.overwrite)
+    check_not_input(config.output, [config.base, *config.corpus])
     sentences, corpus_info = training_sentences(config)
     started = time.perf_counter()
     shutil.rmtree(work_dir(config.output), ignore_errors=True)  # biased runs never resume: a killed one's work goes

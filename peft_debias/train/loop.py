@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from peft_debias.core.atomic import check_not_input
 from peft_debias.core.errors import DebiasError
 from peft_debias.core.fingerprints import float_params_digest
 from peft_debias.train import work as work_files
@@ -291,6 +292,7 @@ def train(
     weights leaves the run unchanged.
     """
     config.validate(given_texts=texts is not None)
+    check_not_input(config.output, [config.base, *config.corpus])
     work = work_files.check_start(config)
     started = time.perf_counter()
     result = run_training(config, work, texts=texts, write=write, step_callback=step_callback)
