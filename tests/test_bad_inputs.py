@@ -212,6 +212,15 @@ def own_copy(ctx: Ctx, name: str) -> str:
     return str(shutil.copytree(ctx.m(name), ctx.tmp / name))
 
 
+def _publish_planted(ctx: Ctx, plant: Callable[[Path], object]) -> list[str]:
+    """``publish --dry-run`` of a copy of the adapter with something planted in it (the dry run needs no token)."""
+    folder = Path(shutil.copytree(ctx.m("adapter"), ctx.tmp / "artifact"))
+    (ctx.tmp / "id_ed25519").write_text("a private key outside the artifact")
+    plant(folder)
+    ctx.around = time_limit(120)
+    return ["publish", str(folder), "tester/x", "--skip-load-check", "--dry-run"]
+
+
 def _train_into_corpus_folder(ctx: Ctx) -> list[str]:
     corpus = ctx.file("corpus.txt", CORPUS_TEXT)
     return [*_train(ctx, "--overwrite", corpus=corpus), "--output", str(ctx.tmp)]
@@ -418,6 +427,16 @@ CATALOGUE: list[Row] = [
     ("demo-zero-training-steps",
      lambda c: ["demo", "--lora-steps", "0", "--output", str(c.out), "--data-dir", str(c.data)],
      "lora_steps is 0; pass a positive number"),
+    # ---- publish: only the artifact's own regular files
+    ("publish-symlink-to-private-key",
+     lambda c: _publish_planted(c, lambda f: (f / "key.txt").symlink_to(c.tmp / "id_ed25519")),
+     "key.txt is a symbolic link"),
+    ("publish-symlinked-weights",
+     lambda c: _publish_planted(c, lambda f: (f / "adapter_model.safetensors").unlink()
+                                or (f / "adapter_model.safetensors").symlink_to(c.tmp / "id_ed25519")),
+     "adapter_model.safetensors is a symbolic link"),
+    ("publish-fifo-in-folder", lambda c: _publish_planted(c, lambda f: os.mkfifo(f / "training_log.jsonl.tmp")),
+     "training_log.jsonl.tmp is a FIFO, not a regular file"),
     ("demo-read-only-output", lambda c: ["demo", "--output", str(readonly_dir(c) / "demo"), "--data-dir", str(c.data)],
      "(permission denied)"),
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 
 HELP = "upload an adapter, bias vector or debiased model folder to the Hugging Face Hub (one commit, with its card)"
 
@@ -28,6 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not load an adapter on its recorded base model before uploading",
     )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check everything, then list exactly the files that would be uploaded, and send nothing",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +51,17 @@ def run(args: argparse.Namespace) -> int:
             results=args.results,
             commit_message=args.message,
             check_load=not args.skip_load_check,
+            dry_run=args.dry_run,
         )
+    if result.dry_run:
+        print(f"dry run: would publish {result.kind} {args.folder} to {result.repo_id}@{result.revision}:")
+        for name in result.files:
+            path = os.path.join(args.folder, name)
+            size = "the rendered card" if name == "README.md" else f"{os.path.getsize(path)} bytes"
+            print(f"  {name} ({size})")
+        for name in result.left_out:
+            print(f"  left out: {name} (not part of a {result.kind})")
+        return 0
     removed = f", {len(result.deleted)} stale removed" if result.deleted else ""
     print(
         f"published {result.kind} {args.folder} to {result.repo_id}@{result.revision} "

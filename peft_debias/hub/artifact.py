@@ -1,12 +1,19 @@
-"""An artifact folder as read for publishing: its kind, its metadata, and the files that make it up."""
+"""An artifact folder as read for publishing: its kind, its metadata, and the files that make it up.
+
+Only the artifact's own files are uploaded: regular files whose names are on the allowlist of its kind
+(:data:`ALLOWED`). Everything else in the folder is left out (and listed), and a symbolic link, device, FIFO or
+socket anywhere in it is refused, so nothing outside the folder can be uploaded through it.
+"""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
-from dataclasses import dataclass
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from peft_debias.core.errors import DebiasError, one_line
 
@@ -18,6 +25,29 @@ KINDS = (*ADAPTER_KINDS, "bias_vector", *MODEL_KINDS)
 _STALE = (".safetensors", ".safetensors.index.json", ".bin", ".pt", ".pth")
 _STALE_NAMES = ("adapter_config.json", "debias_config.json", "bias_vector.json", "config.json", "training_log.jsonl")
 
+# the files a model folder carries besides its weights: configs and tokenizer files, as transformers and
+# sentence-transformers write them (top level only)
+_MODEL_SIDE = (
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model",
+    "sentencepiece.bpe.model", "chat_template.jinja", "chat_template.json", "preprocessor_config.json",
+    "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
+)  # fmt: skip
+_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "debias_config.json", "training_log.jsonl")
+_MODEL_FILES = (
+    *_MODEL_SIDE, "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json", "debias_config.json",
+)  # fmt: skip
+_VECTOR_FILES = ("bias_vector.json", "vector.safetensors", "vector-*-of-*.safetensors", "vector.safetensors.index.json")
+#: What ``publish`` uploads of each kind of artifact: file names (``fnmatch`` patterns) relative to the folder.
+ALLOWED: dict[str, tuple[str, ...]] = {
+    "adapter": _ADAPTER_FILES,
+    "negated_adapter": _ADAPTER_FILES,
+    "bias_vector": _VECTOR_FILES,
+    "debiased_model": _MODEL_FILES,
+    "merged_model": _MODEL_FILES,
+}
+_SPECIAL = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device"}
+
 
 @dataclass
 class Artifact:
@@ -27,6 +57,29 @@ class Artifact:
     kind: str
     info: dict[str, Any]  # debias_config.json (bias_vector.json for vectors)
     files: list[str]  # relative paths to upload (README.md excluded: it is rendered)
+    left_out: list[str] = field(default_factory=list)  # files in the folder that are not the artifact's own
+    identity: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)  # path -> (device, inode)
+
+    def open(self, name: str) -> BinaryIO:
+        """Open one of :attr:`files` for upload, refusing it if it was replaced (by a link or another file)
+        since the folder was inspected."""
+        path = self.folder / name
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+        try:
+            fd = os.open(path, flags)
+        except OSError as err:
+            raise DebiasError(
+                f"{path} cannot be opened for upload ({err.strerror}; is it a symbolic link?)",
+                "leave the artifact folder alone while it is published, then run the command again",
+            ) from err
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or (info.st_dev, info.st_ino) != self.identity.get(name):
+            os.close(fd)
+            raise DebiasError(
+                f"{path} changed while it was being published",
+                "leave the artifact folder alone while it is published, then run the command again",
+            )
+        return os.fdopen(fd, "rb")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -41,16 +94,37 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _local_files(folder: Path) -> list[str]:
-    """Files to upload: every regular file, hidden files and folders left out, README.md rendered instead."""
-    out = []
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder)
-        if any(part.startswith(".") or part == "__pycache__" for part in rel.parts) or not path.is_file():
+def _scan(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every regular file under ``folder`` (relative path -> device and inode), links never followed; a symbolic
+    link, device, FIFO or socket anywhere in it is refused."""
+    found: dict[str, tuple[int, int]] = {}
+    for root, dirs, names in os.walk(folder, followlinks=False):
+        for name in sorted([*dirs, *names]):
+            path = Path(root) / name
+            info = path.lstat()
+            if stat.S_ISLNK(info.st_mode):
+                raise DebiasError(
+                    f"{path} is a symbolic link (to {os.readlink(path)}); publish uploads only the artifact's own "
+                    "regular files",
+                    "replace the link by the file itself, or remove it from the folder",
+                )
+            what = _SPECIAL.get(stat.S_IFMT(info.st_mode))
+            if what is not None:
+                raise DebiasError(f"{path} is {what}, not a regular file", "remove it from the artifact folder")
+            if stat.S_ISREG(info.st_mode):
+                found[path.relative_to(folder).as_posix()] = (info.st_dev, info.st_ino)
+    return found
+
+
+def _own_files(kind: str, found: dict[str, tuple[int, int]], extra: tuple[str, ...] = ()) -> tuple[list, list]:
+    """(files of the artifact, files left out) for an artifact of ``kind``; README.md is rendered, never uploaded."""
+    patterns = (*ALLOWED[kind], *extra)
+    own, left_out = [], []
+    for name in sorted(found):
+        if name == "README.md":
             continue
-        if rel.as_posix() != "README.md":
-            out.append(rel.as_posix())
-    return out
+        (own if any(fnmatch.fnmatchcase(name, p) for p in patterns) else left_out).append(name)
+    return own, left_out
 
 
 def _require(folder: Path, files: list[str], needed: list[str], what: str) -> None:
@@ -86,18 +160,20 @@ def inspect_artifact(folder: str | os.PathLike) -> Artifact:
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise DebiasError(f"{folder} is not a folder", "pass the folder written by peft-debias train, vector or merge")
-    files = _local_files(folder)
-    if "bias_vector.json" in files:
+    found = _scan(folder)
+    if "bias_vector.json" in found:
         info = _read_json(folder / "bias_vector.json")
-        _require(folder, files, list(info.get("files") or ["vector.safetensors"]), "bias vector")
-        return Artifact(folder, "bias_vector", info, files)
-    if "debias_config.json" not in files:
+        needed = [str(name) for name in info.get("files") or ["vector.safetensors"]]
+        files, left_out = _own_files("bias_vector", found, tuple(n for n in needed if n.endswith(".safetensors")))
+        _require(folder, files, needed, "bias vector")
+        return Artifact(folder, "bias_vector", info, files, left_out, found)
+    if "debias_config.json" not in found:
         raise DebiasError(
             f"{folder} has no debias_config.json (nor bias_vector.json)",
             "publish a folder written by peft-debias train, vector or merge",
         )
     info = _read_json(folder / "debias_config.json")
-    kind = info.get("artifact") or ("adapter" if "adapter_config.json" in files else "unknown")
+    kind = info.get("artifact") or ("adapter" if "adapter_config.json" in found else "unknown")
     if kind in ("biased_model", "biased_adapter"):
         raise DebiasError(
             f"{folder} is a deliberately biased {kind.split('_')[1]}, made only to compute a bias vector",
@@ -105,6 +181,7 @@ def inspect_artifact(folder: str | os.PathLike) -> Artifact:
         )
     if kind not in KINDS:
         raise DebiasError(f"{folder} holds an artifact of unknown kind {kind!r}", f"publish one of {', '.join(KINDS)}")
+    files, left_out = _own_files(kind, found)
     if kind in ADAPTER_KINDS:
         _require(folder, files, ["adapter_config.json", "adapter_model.safetensors"], "adapter")
         if kind == "adapter" and ("axis" not in info or "base_model" not in info):
@@ -112,7 +189,7 @@ def inspect_artifact(folder: str | os.PathLike) -> Artifact:
     else:
         _require(folder, files, ["config.json"], "model folder")
         _model_weights(folder, files)
-    return Artifact(folder, kind, info, files)
+    return Artifact(folder, kind, info, files, left_out, found)
 
 
 def is_stale(path: str) -> bool:

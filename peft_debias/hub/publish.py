@@ -41,6 +41,8 @@ class PublishResult:
     files: list[str] = field(default_factory=list)  # paths written (README.md included)
     deleted: list[str] = field(default_factory=list)  # stale files of an earlier artifact removed
     card: str = ""  # the README.md uploaded
+    left_out: list[str] = field(default_factory=list)  # files in the folder that are not the artifact's own
+    dry_run: bool = False  # nothing was sent: commit and url are empty
 
 
 def _base_source(base: Mapping[str, Any]) -> str:
@@ -154,6 +156,7 @@ def publish_artifact(
     token: str | None = None,
     commit_message: str | None = None,
     check_load: bool = True,
+    dry_run: bool = False,
 ) -> PublishResult:
     """Validate an artifact folder and upload it, with its rendered model card, to ``repo_id`` in one commit.
 
@@ -169,9 +172,14 @@ def publish_artifact(
         token: a Hub token; default: ``HF_TOKEN`` or the token saved by ``hf auth login``.
         commit_message: the commit title.
         check_load: load an adapter on its recorded base before uploading (loads the base model).
+        dry_run: check everything that needs no Hub request and return what would be uploaded, sending nothing
+            (no token needed; the stale files an upload would remove are not known then).
 
-    Files of an earlier artifact in the repo that this folder lacks (weights, shards, configs) are removed in
-    the same commit, so a republished repo never mixes two artifacts; other files are kept.
+    Only the artifact's own regular files are uploaded (the allowlist of its kind,
+    :data:`peft_debias.hub.artifact.ALLOWED`); other files are left out and listed in ``left_out``, and a
+    symbolic link, device, FIFO or socket in the folder is refused. Files of an earlier artifact in the repo that
+    this folder lacks (weights, shards, configs) are removed in the same commit, so a republished repo never mixes
+    two artifacts; other files are kept.
 
     Raises:
         DebiasError: a bad repo id or revision, an incomplete or invalid artifact, no token, or the Hub
@@ -184,6 +192,11 @@ def publish_artifact(
     card = render_card(artifact, repo_id, data)  # before any request: a card problem costs no upload
     if check_load:
         _check_loads(artifact)
+    if artifact.left_out:
+        logger.warning("not uploaded (not part of a %s): %s", artifact.kind, ", ".join(artifact.left_out))
+    if dry_run:
+        files = [*artifact.files, "README.md"]
+        return PublishResult(repo_id, revision, "", "", artifact.kind, files, [], card, artifact.left_out, True)
     from peft_debias.hub.session import HubSession
 
     session = HubSession(token)
@@ -196,4 +209,6 @@ def publish_artifact(
     logger.info(
         "published %s to %s@%s (%d files, commit %s)", artifact.folder, repo_id, revision, len(files), commit.oid
     )
-    return PublishResult(repo_id, revision, commit.oid, commit.commit_url, artifact.kind, files, deleted, card)
+    return PublishResult(
+        repo_id, revision, commit.oid, commit.commit_url, artifact.kind, files, deleted, card, artifact.left_out
+    )

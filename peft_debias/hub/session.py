@@ -6,6 +6,7 @@ answered and what state the repo is in; the token is scrubbed from every message
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -132,25 +133,28 @@ class HubSession:
 
         self._call(repo_id, "creating", self.api.create_repo, repo_id, private=private, exist_ok=True)
         head, remote = self._head(repo_id, revision, private)
-        ops: list[Any] = [
-            CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(artifact.folder / name))
-            for name in artifact.files
-        ]
-        ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8")))
-        deleted = sorted(p for p in remote - {*artifact.files, "README.md"} if is_stale(p))
-        ops += [CommitOperationDelete(path_in_repo=p) for p in deleted]
-        logger.info(
-            "committing %d files (%d stale removed) to %s@%s", len(artifact.files) + 1, len(deleted), repo_id, revision
-        )
-        commit = self._call(
-            repo_id,
-            "committing to",
-            self.api.create_commit,
-            repo_id,
-            ops,
-            commit_message=message,
-            commit_description=f"{artifact.kind} uploaded by peft-debias publish",
-            revision=revision,
-            parent_commit=head,
-        )
+        with contextlib.ExitStack() as stack:
+            # each file is opened without following links and checked to be the one inspected
+            ops: list[Any] = [
+                CommitOperationAdd(path_in_repo=name, path_or_fileobj=stack.enter_context(artifact.open(name)))
+                for name in artifact.files
+            ]
+            ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8")))
+            deleted = sorted(p for p in remote - {*artifact.files, "README.md"} if is_stale(p))
+            ops += [CommitOperationDelete(path_in_repo=p) for p in deleted]
+            logger.info(
+                "committing %d files (%d stale removed) to %s@%s",
+                len(artifact.files) + 1, len(deleted), repo_id, revision,
+            )  # fmt: skip
+            commit = self._call(
+                repo_id,
+                "committing to",
+                self.api.create_commit,
+                repo_id,
+                ops,
+                commit_message=message,
+                commit_description=f"{artifact.kind} uploaded by peft-debias publish",
+                revision=revision,
+                parent_commit=head,
+            )
         return commit, deleted
