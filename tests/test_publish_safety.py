@@ -115,3 +115,25 @@ def test_dry_run_lists_exactly_what_publish_uploads(planted, hub_server, tmp_pat
         if name != "README.md":
             assert hub_server.file(repo, name) == (planted / name).read_bytes()
     assert folder_hashes(planted) == before  # the local folder is only read
+
+
+def test_model_side_files_are_the_same_rule_for_vector_and_publish(tiny_models, tmp_path) -> None:
+    """``vector`` copies a base's config and tokenizer files next to the new weights, and nothing else of the base's
+    folder; ``publish`` uploads exactly those for a model."""
+    from peft_debias.core.model_files import is_side_file
+    from peft_debias.vector.folders import copy_side_files
+
+    base = Path(shutil.copytree(tiny_models["llama"], tmp_path / "base"))
+    for name in ("notes.txt", ".env", "id_ed25519", "peft_debias_source.json", "README.md", "training_args.bin"):
+        (base / name).write_text("not part of the model")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    copied = copy_side_files(base, dest)
+    assert "config.json" in copied and any(name.startswith("tokenizer") for name in copied)
+    assert sorted(p.name for p in dest.iterdir()) == sorted(copied)
+    assert not {"notes.txt", ".env", "id_ed25519", "peft_debias_source.json", "README.md"} & set(copied)
+    side = ["config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "merges.txt", "spiece.model",
+            "chat_template.jinja", "modules.json", "generation_config.json", "special_tokens_map.json"]  # fmt: skip
+    others = ["notes.txt", ".env", "model.safetensors", "1_Pooling/config.json", "secrets.json", "optimizer.pt"]
+    assert [is_side_file(n) for n in side] == [True] * len(side)
+    assert [is_side_file(n) for n in others] == [False] * len(others)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from peft_debias.core.errors import DebiasError, one_line
+from peft_debias.core.model_files import SIDE_FILE_PATTERNS
 
 ADAPTER_KINDS = ("adapter", "negated_adapter")
 MODEL_KINDS = ("debiased_model", "merged_model")
@@ -25,17 +26,10 @@ KINDS = (*ADAPTER_KINDS, "bias_vector", *MODEL_KINDS)
 _STALE = (".safetensors", ".safetensors.index.json", ".bin", ".pt", ".pth")
 _STALE_NAMES = ("adapter_config.json", "debias_config.json", "bias_vector.json", "config.json", "training_log.jsonl")
 
-# the files a model folder carries besides its weights: configs and tokenizer files, as transformers and
-# sentence-transformers write them (top level only)
-_MODEL_SIDE = (
-    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-    "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model",
-    "sentencepiece.bpe.model", "chat_template.jinja", "chat_template.json", "preprocessor_config.json",
-    "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
-)  # fmt: skip
 _ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "debias_config.json", "training_log.jsonl")
 _MODEL_FILES = (
-    *_MODEL_SIDE, "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json", "debias_config.json",
+    *SIDE_FILE_PATTERNS, "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",
+    "debias_config.json",
 )  # fmt: skip
 _VECTOR_FILES = ("bias_vector.json", "vector.safetensors", "vector-*-of-*.safetensors", "vector.safetensors.index.json")
 #: What ``publish`` uploads of each kind of artifact: file names (``fnmatch`` patterns) relative to the folder.

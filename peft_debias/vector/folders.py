@@ -15,22 +15,18 @@ from typing import Any
 
 from peft_debias.core.errors import DebiasError, one_line
 from peft_debias.core.hub_ids import is_hub_id
+from peft_debias.core.model_files import is_side_file
 from peft_debias.models.loading import BUNDLED_PREFIX, bundled_model_path
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".index.json")
-
-
-def is_weight_file(name: str) -> bool:
-    return name.endswith(WEIGHT_SUFFIXES) or name in ("peft_debias_source.json", "README.md")
 
 
 def copy_side_files(source: Path, dest: Path, limit: int = 64 << 20) -> list[str]:
-    """Copy config, tokenizer and generation files (top-level, not weights, each under ``limit``) to ``dest``."""
+    """Copy config, tokenizer and generation files (:func:`peft_debias.core.model_files.is_side_file`; top level,
+    regular files, each under ``limit``) to ``dest``; anything else in ``source`` is left behind."""
     import shutil
 
     copied = []
     for path in sorted(source.iterdir()):
-        if path.is_file() and not is_weight_file(path.name) and path.stat().st_size <= limit:
+        if is_side_file(path.name) and path.is_file() and path.stat().st_size <= limit:
             shutil.copyfile(path, dest / path.name)
             copied.append(path.name)
     return copied
