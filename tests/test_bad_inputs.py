@@ -503,7 +503,7 @@ def test_catalogue_is_large_and_cross_command() -> None:
     ids = [row[0] for row in CATALOGUE]
     assert len(ids) == len(set(ids)) >= 30
     commands = {i.split("-")[0] for i in ids}
-    assert commands == {"cda", "train", "eval", "vector", "merge", "biased", "demo", "experiment"}
+    assert commands == {"cda", "train", "eval", "vector", "merge", "biased", "demo", "experiment", "publish"}
 
 
 @pytest.mark.parametrize(
