@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 import pytest
 
-from peft_debias.core.atomic import atomic_output
+from peft_debias.core.atomic import atomic_output, atomic_outputs, check_destination
 from peft_debias.core.errors import DebiasError
 
 
@@ -28,7 +29,6 @@ def test_failure_leaves_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-
 def test_a_failed_file_output_leaves_no_temporary(tmp_path: Path) -> None:
     dest = tmp_path / "out.jsonl"
     with pytest.raises(RuntimeError), atomic_output(dest) as tmp:
@@ -44,6 +44,7 @@ def test_a_failed_file_output_leaves_no_temporary(tmp_path: Path) -> None:
         tmp.write_text("new")
         raise ValueError
     assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"] and dest.read_text() == "old"
+
 
 def test_existing_destination_refused_unless_overwrite(tmp_path: Path) -> None:
     dest = tmp_path / "out"
@@ -81,3 +82,76 @@ def test_an_output_may_not_be_or_hold_an_input(tmp_path: Path) -> None:
             check_not_input(dest, ["org/model-on-the-hub", str(model), str(corpus)])
     check_not_input(model / "debiased", [model, corpus])  # inside an input folder: fine
     check_not_input(tmp_path / "other", [model, corpus, "bundled:smollm2", "org/model"])
+
+
+# ---- several outputs, all-or-nothing; write failures as one line
+def test_several_outputs_appear_together(tmp_path: Path) -> None:
+    dests = [tmp_path / "r.json", tmp_path / "sub" / "report.md"]
+    with atomic_outputs(dests) as tmps:
+        for tmp, text in zip(tmps, ["{}", "# r"], strict=True):
+            tmp.write_text(text)
+        assert not any(d.exists() for d in dests)
+    assert [d.read_text() for d in dests] == ["{}", "# r"]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["r.json", "report.md", "sub"]
+
+
+def test_a_failed_output_leaves_none(tmp_path: Path) -> None:
+    dests = [tmp_path / "r.json", tmp_path / "report.md"]
+    expected = r"no space left on the device while writing .*report.md.*another --output"
+    with pytest.raises(DebiasError, match=expected), atomic_outputs(dests) as tmps:
+        tmps[0].write_text("{}")
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmps[1]))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_move_puts_back_what_was_moved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dests = [tmp_path / "r.json", tmp_path / "report.md", tmp_path / "chart.png"]
+    dests[0].write_text("old results")
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == "chart.png":
+            raise OSError(errno.EDQUOT, "Disk quota exceeded", str(src))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(DebiasError, match="no space left"), atomic_outputs(dests, overwrite=True) as tmps:
+        for tmp in tmps:
+            tmp.write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"] and dests[0].read_text() == "old results"
+
+
+def test_every_destination_is_checked_before_anything_is_written(tmp_path: Path) -> None:
+    (tmp_path / "report.md").write_text("old")
+    with (
+        pytest.raises(DebiasError, match=r"report\.md already exists"),
+        atomic_outputs([tmp_path / "r.json", tmp_path / "report.md"]),
+    ):
+        raise AssertionError("the block ran")
+    (tmp_path / "blocker").write_text("a file")
+    with pytest.raises(DebiasError, match="blocker is not a folder"):
+        check_destination(tmp_path / "blocker" / "deeper" / "out.md")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "report.md"]
+
+
+def test_a_missing_parent_is_checked_at_its_nearest_existing_folder(tmp_path: Path, monkeypatch) -> None:
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, m, *a, **k: False if Path(p) == tmp_path else real(p, m, *a, **k))
+    with pytest.raises(DebiasError, match=r"cannot write to .* \(permission denied\)"):
+        check_destination(tmp_path / "new" / "deeper" / "report.md")
+
+
+def test_a_safetensors_write_failure_is_one_line(tmp_path: Path) -> None:
+    from safetensors import SafetensorError
+
+    with (
+        pytest.raises(DebiasError, match=r"model outgrew the file size limit \(File too large\); raise the limit"),
+        atomic_output(tmp_path / "model", directory=True),
+    ):
+        raise SafetensorError("Error while serializing: I/O error: File too large (os error 27)")
+    full = r"no space left.*free space or choose another --output"
+    with pytest.raises(DebiasError, match=full), atomic_output(tmp_path / "model", directory=True):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    with pytest.raises(SafetensorError, match="deserializing"), atomic_output(tmp_path / "model", directory=True):
+        raise SafetensorError("Error while deserializing header: HeaderTooLarge")  # a broken input, not a write
+    assert list(tmp_path.iterdir()) == []

@@ -15,6 +15,7 @@ remote code never runs), and a Hub token never reaches the output, the logs or a
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -283,6 +284,18 @@ def _merge(ctx: Ctx, adapter: str, base: str = "llama") -> list[str]:
     return ["merge", "--base", ctx.m(base), "--adapter", adapter, "--output", str(ctx.out)]
 
 
+def _failing_move(ctx: Ctx, name: str) -> None:
+    """Moving a finished output named ``name`` into place fails as on a full disk (after the others were moved)."""
+    real = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if Path(dst).name == name:
+            raise OSError(errno.ENOSPC, "No space left on device", str(src))
+        return real(src, dst, *args, **kwargs)
+
+    ctx.around = unittest.mock.patch.object(os, "replace", replace)
+
+
 Row = tuple[str, Callable[[Ctx], list[str]], str]
 # fmt: off
 CATALOGUE: list[Row] = [
@@ -439,6 +452,12 @@ CATALOGUE: list[Row] = [
      "training_log.jsonl.tmp is a FIFO, not a regular file"),
     ("demo-read-only-output", lambda c: ["demo", "--output", str(readonly_dir(c) / "demo"), "--data-dir", str(c.data)],
      "(permission denied)"),
+    # ---- hostile inputs 2: several outputs all-or-nothing, adapter checks in eval, full disks, damaged resume
+    #      folders, demo options checked before the first stage
+    ("eval-report-under-read-only-folder",
+     lambda c: _eval(c, "--report", str(readonly_dir(c) / "sub" / "report.md")), "(permission denied)"),
+    ("eval-report-fails-after-results", lambda c: _failing_move(c, "report.md") or _eval(c, "--report", str(
+        c.out.with_name("report.md"))), "no space left on the device while writing"),
 ]
 # fmt: on
 

@@ -12,6 +12,8 @@ Three modes:
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from pathlib import Path
 
 from peft_debias.cli.options import at_least
 
@@ -115,18 +117,18 @@ def _print_summary(results: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from peft_debias.eval.report import markdown_report, plot_results, write_text
-    from peft_debias.eval.results import compare_results, load_results, save_results
+    from peft_debias.eval.report import chart_figure, markdown_report
+    from peft_debias.eval.results import compare_results, load_results, results_text
 
     mode = _check_args(args)
     if mode == "plot":
         runs = [load_results(p) for p in args.plot]
         labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
-        plot_results(runs, args.output, labels=labels, overwrite=args.overwrite)
-        if args.report:
-            if labels:
-                runs = [{**r, "label": lab} for r, lab in zip(runs, labels, strict=False)]
-            write_text(markdown_report(runs), args.report, overwrite=args.overwrite)
+        chart = chart_figure(runs, labels=labels)
+        if labels:
+            runs = [{**r, "label": lab} for r, lab in zip(runs, labels, strict=False)]
+        report = markdown_report(runs) if args.report else None
+        _write_outputs(args, [(args.output, chart.save), (args.report, _text_writer(report))])
         print(f"chart of {len(runs)} result files -> {args.output}")
         return 0
     if mode == "results":
@@ -175,10 +177,24 @@ def run(args: argparse.Namespace) -> int:
             label=args.label,
         )
     _print_summary(results)
+    report = markdown_report(results) if args.report else None
+    _write_outputs(args, [(args.output, _text_writer(results_text(results))), (args.report, _text_writer(report))])
     if args.output:
-        save_results(results, args.output, overwrite=args.overwrite)
         print(f"results -> {args.output}")
     if args.report:
-        write_text(markdown_report(results), args.report, overwrite=args.overwrite)
         print(f"report -> {args.report}")
     return 0
+
+
+def _text_writer(text: str | None) -> Callable[[Path], object]:
+    return lambda tmp: tmp.write_text(text or "", encoding="utf-8")
+
+
+def _write_outputs(args: argparse.Namespace, outputs: list[tuple[str | None, Callable[[Path], object]]]) -> None:
+    """Write every requested output (results JSON, chart, report) all-or-nothing: if one fails, none is left."""
+    from peft_debias.core.atomic import atomic_outputs
+
+    wanted = [(path, write) for path, write in outputs if path]
+    with atomic_outputs([path for path, _ in wanted], overwrite=args.overwrite) as tmps:
+        for (_, write), tmp in zip(wanted, tmps, strict=True):
+            write(tmp)

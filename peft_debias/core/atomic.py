@@ -15,7 +15,7 @@ import re
 import shutil
 import socket
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from peft_debias.core.errors import DebiasError, one_line
@@ -30,9 +30,11 @@ def check_destination(dest: str | os.PathLike, *, overwrite: bool = False) -> Pa
     if dest.exists() and not overwrite:
         raise DebiasError(f"output {dest} already exists", "pass --overwrite or choose another output path")
     parent = dest.absolute().parent
-    if parent.exists() and not parent.is_dir():
+    while not parent.exists() and parent != parent.parent:  # missing folders are made in the nearest existing one
+        parent = parent.parent
+    if not parent.is_dir():
         raise DebiasError(f"output parent {parent} is not a folder", "choose an output path inside a folder")
-    if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
+    if not os.access(parent, os.W_OK | os.X_OK):
         raise DebiasError(f"cannot write to {parent} (permission denied)", "choose a writable output location")
     return dest
 
@@ -73,9 +75,21 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-def _os_error(err: OSError, dest: Path) -> DebiasError:
+_SAFETENSORS_OS_CODE = re.compile(r"\(os error (\d+)\)|\bcode: (\d+)")
+
+
+def _os_error(err: BaseException, dest: Path) -> DebiasError:
+    """A write failure as one line naming ``dest``: an ``OSError``, or safetensors' ``SafetensorError`` (its message
+    carries the errno as ``(os error N)``)."""
+    if not isinstance(err, OSError):
+        match = _SAFETENSORS_OS_CODE.search(str(err))
+        code = int(match.group(1) or match.group(2)) if match else None
+        err = OSError(code, os.strerror(code)) if code else OSError(one_line(err))
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DebiasError(f"no space left on the device while writing {dest}", "free disk space and run again")
+        return DebiasError(
+            f"no space left on the device while writing {dest} ({err.strerror})",
+            "free space or choose another --output",
+        )
     if err.errno == errno.EFBIG:
         return DebiasError(
             f"{dest} outgrew the file size limit ({err.strerror})",
@@ -144,9 +158,73 @@ def atomic_output(dest: str | os.PathLike, *, overwrite: bool = False, directory
             _remove(old)
         else:
             os.replace(tmp, dest)
-    except OSError as err:
+    except BaseException as err:
         _remove(tmp)
-        raise _os_error(err, dest) from err
+        if _is_write_error(err):
+            raise _os_error(err, dest) from err
+        raise
+
+
+def _is_write_error(err: BaseException) -> bool:
+    """An OS-level write failure: an ``OSError`` or safetensors' failure to serialize (full disk, quota, ...)."""
+    serializing = type(err).__name__ == "SafetensorError" and "while serializing" in str(err)
+    return isinstance(err, OSError) or serializing
+
+
+def _commit(pairs: Sequence[tuple[Path, Path]]) -> None:
+    """Move each temporary onto its destination; if one move fails, put back what was moved and re-raise."""
+    done: list[tuple[Path, Path | None]] = []
+    try:
+        for tmp, dest in pairs:
+            old = None
+            if dest.exists() or dest.is_symlink():
+                old = _tmp_sibling(dest, "old-")
+                os.replace(dest, old)
+            done.append((dest, old))
+            os.replace(tmp, dest)
     except BaseException:
-        _remove(tmp)
+        for dest, old in reversed(done):
+            if old is not None:
+                os.replace(old, dest)
+            else:
+                _remove(dest)
+        raise
+    for _, old in done:
+        if old is not None:
+            _remove(old)
+
+
+@contextlib.contextmanager
+def atomic_outputs(dests: Sequence[str | os.PathLike], *, overwrite: bool = False) -> Iterator[list[Path]]:
+    """Several output files written all-or-nothing: yield one temporary file path per destination (same order).
+
+    Every destination is checked (:func:`check_destination`) before anything is written. When the block ends
+    without error all of them are moved into place; if writing or moving any of them fails, none is left (and
+    the files they replace with ``overwrite`` are put back). Used by commands with several outputs, e.g.
+    ``eval --output results.json --report report.md``.
+    """
+    paths = [check_destination(d, overwrite=overwrite) for d in dests]
+    if len({p.absolute() for p in paths}) != len(paths):
+        raise DebiasError(f"two outputs name the same path ({', '.join(map(str, paths))})", "choose distinct paths")
+    tmps: list[Path] = []
+    current = paths[0] if paths else Path()
+    try:
+        for dest in paths:
+            current = dest
+            dest.absolute().parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(dest)
+            tmps.append(_tmp_sibling(dest))
+        yield list(tmps)
+        for tmp, dest in zip(tmps, paths, strict=True):
+            current = dest
+            _fsync_tree(tmp)
+        _commit(list(zip(tmps, paths, strict=True)))
+    except BaseException as err:
+        for tmp in tmps:
+            _remove(tmp)
+        if _is_write_error(err):
+            named = {str(t): d for t, d in zip(tmps, paths, strict=False)}
+            for name in (getattr(err, "filename", None), getattr(err, "filename2", None)):
+                current = named.get(str(name), current) if name else current
+            raise _os_error(err, current) from err
         raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -262,18 +263,10 @@ def _legend_and_title(fig: Any, first_ax: Any, n_runs: int, title: str | None) -
     return extra
 
 
-def plot_results(
-    runs: Sequence[Mapping[str, Any]],
-    output: str | os.PathLike,
-    *,
-    labels: Sequence[str] | None = None,
-    overwrite: bool = False,
-    title: str | None = None,
-) -> Path:
-    """A PNG comparing runs: a panel per benchmark, bars per axis and run (95% intervals where known).
-
-    Drawn on a bare :class:`matplotlib.figure.Figure` (Agg canvas), so no pyplot state or backend is touched.
-    """
+def chart_figure(
+    runs: Sequence[Mapping[str, Any]], *, labels: Sequence[str] | None = None, title: str | None = None
+) -> Chart:
+    """The chart comparing runs, drawn but not saved (see :func:`plot_results`); ``Chart.save(path)`` writes it."""
     import matplotlib
     from matplotlib.figure import Figure
 
@@ -299,9 +292,36 @@ def plot_results(
     for ax in list(grid.flat)[n:]:
         ax.axis("off")
     fig.tight_layout()
-    extra = _legend_and_title(fig, grid.flat[0], len(runs), title)
+    return Chart(fig, _legend_and_title(fig, grid.flat[0], len(runs), title))
+
+
+@dataclass
+class Chart:
+    """A drawn chart: the matplotlib figure and the artists (legend, title) outside its axes."""
+
+    figure: Any
+    extra: list[Any]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the PNG to ``path`` as it is (callers write into a temporary path of an atomic output)."""
+        self.figure.savefig(path, format="png", dpi=120, bbox_inches="tight", bbox_extra_artists=self.extra)
+
+
+def plot_results(
+    runs: Sequence[Mapping[str, Any]],
+    output: str | os.PathLike,
+    *,
+    labels: Sequence[str] | None = None,
+    overwrite: bool = False,
+    title: str | None = None,
+) -> Path:
+    """A PNG comparing runs: a panel per benchmark, bars per axis and run (95% intervals where known).
+
+    Drawn on a bare :class:`matplotlib.figure.Figure` (Agg canvas), so no pyplot state or backend is touched.
+    """
+    chart = chart_figure(runs, labels=labels, title=title)
     with atomic_output(output, overwrite=overwrite) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight", bbox_extra_artists=extra)
+        chart.save(tmp)
     return Path(output)
 
 

@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from peft_debias.core.atomic import atomic_output
 from peft_debias.core.errors import DebiasError, one_line
-from peft_debias.core.jsonio import write_json
+from peft_debias.core.jsonio import dumps
 from peft_debias.eval.stats import mcnemar_exact
 
 SCHEMA_VERSION = 1
@@ -27,9 +28,16 @@ PAIRED = {
 }
 
 
+def results_text(results: Mapping[str, Any]) -> str:
+    """The text of a results file: indented strict JSON and a newline."""
+    return dumps(results) + "\n"
+
+
 def save_results(results: Mapping[str, Any], path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write results as indented strict JSON, atomically."""
-    return write_json(path, results, overwrite=overwrite)
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        tmp.write_text(results_text(results), encoding="utf-8")
+    return Path(path)
 
 
 def load_results(path: str | os.PathLike) -> dict[str, Any]:
