@@ -296,6 +296,49 @@ def _failing_move(ctx: Ctx, name: str) -> None:
     ctx.around = unittest.mock.patch.object(os, "replace", replace)
 
 
+class _Payload:
+    """Unpickling this writes a file next to it: proof that a trainer state was unpickled unsafely."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _disk_fills(ctx: Ctx) -> None:
+    """transformers' safetensors writer fails half-way as on a full disk (SafetensorError, not an OSError)."""
+    from safetensors import SafetensorError
+
+    def half_then_full(tensors, filename, *args, **kwargs):
+        Path(filename).write_bytes(b"\0" * 1000)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    ctx.around = unittest.mock.patch("transformers.modeling_utils.safe_save_file", half_then_full)
+
+
+def _damaged_resume(ctx: Ctx, damage: str) -> list[str]:
+    """``train --resume`` on a work folder with one damaged file (run config, checkpoint weights, trainer state)."""
+    from safetensors.torch import save_file
+
+    ctx.out = ctx.tmp / "adapter"
+    work = ctx.tmp / ".adapter.peft-debias-work"
+    step = work / "checkpoints" / "step-00000002"
+    (step / "adapter").mkdir(parents=True)
+    config = '{"fingerprint": "f", "config": {}}' if damage != "config" else '{"fingerprint": "f", "conf'
+    (work / "train_config.json").write_text(config)
+    state = {"optimizer": {}, "scheduler": {}, "rng": torch.get_rng_state(), "step": 2}
+    if damage == "pickle":
+        state["extra"] = _Payload(ctx.tmp / "UNPICKLED")  # the row also fails if this file appears
+    torch.save(state, step / "trainer_state.pt")
+    weights = step / "adapter" / "adapter_model.safetensors"
+    if damage != "no-weights":
+        save_file({"base_model.model.lora_A.weight": torch.ones(8, 32)}, str(weights))
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:-100])
+    return [*_train(ctx, "--resume"), "--output", str(ctx.out)]
+
+
 Row = tuple[str, Callable[[Ctx], list[str]], str]
 # fmt: off
 CATALOGUE: list[Row] = [
@@ -456,6 +499,15 @@ CATALOGUE: list[Row] = [
     #      folders, demo options checked before the first stage
     ("eval-report-under-read-only-folder",
      lambda c: _eval(c, "--report", str(readonly_dir(c) / "sub" / "report.md")), "(permission denied)"),
+    ("train-resume-garbage-run-config", lambda c: _damaged_resume(c, "config"),
+     "train_config.json is not valid JSON"),
+    ("train-resume-truncated-checkpoint", lambda c: _damaged_resume(c, "truncated"),
+     "adapter_model.safetensors is truncated or corrupted"),
+    ("train-resume-pickled-trainer-state", lambda c: _damaged_resume(c, "pickle"),
+     "trainer_state.pt is unreadable"),
+    ("train-resume-checkpoint-without-weights", lambda c: _damaged_resume(c, "no-weights"), "holds no weights"),
+    ("merge-full-disk", lambda c: _disk_fills(c) or _merge(c, c.m("adapter")),
+     "no space left on the device while writing"),
     ("eval-report-fails-after-results", lambda c: _failing_move(c, "report.md") or _eval(c, "--report", str(
         c.out.with_name("report.md"))), "no space left on the device while writing"),
 ]

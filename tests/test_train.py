@@ -190,6 +190,29 @@ def test_full_fine_tuning_is_a_method_of_the_same_loop(tiny_models, corpus, tmp_
         train_adapter(_config(tiny_models["llama"], corpus, tmp_path / "adapter", method="full"))
 
 
+@pytest.mark.parametrize("where", ["trainer state", "adapter weights"])
+def test_a_full_disk_at_a_checkpoint_is_one_line(tiny_models, corpus, tmp_path, monkeypatch, where) -> None:
+    """ENOSPC (an OSError, or safetensors' own error) while writing a checkpoint: one line naming the checkpoint and
+    the fix, no half-written checkpoint left; the run config stays, so the run can be resumed after freeing space."""
+    import errno
+
+    from safetensors import SafetensorError
+
+    def full_disk(*args, **kwargs):
+        if where == "trainer state":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    if where == "trainer state":
+        monkeypatch.setattr(torch, "save", full_disk)
+    else:
+        monkeypatch.setattr("peft.peft_model.safe_save_file", full_disk)
+    with pytest.raises(DebiasError, match=r"no space left on the device while writing \S*step-00000002.*free space"):
+        train_adapter(_config(tiny_models["llama"], corpus, tmp_path / "run", save_every=2))
+    work = work_dir(tmp_path / "run")
+    assert list((work / "checkpoints").iterdir()) == [] and (work / "train_config.json").is_file()
+
+
 def test_resume_with_a_different_config_is_refused(tiny_models, corpus, tmp_path, monkeypatch) -> None:
     from peft_debias.train import loop as trainer_loop
 

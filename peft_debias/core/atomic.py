@@ -171,6 +171,12 @@ def _is_write_error(err: BaseException) -> bool:
     return isinstance(err, OSError) or serializing
 
 
+def as_write_error(err: BaseException, dest: str | os.PathLike) -> DebiasError | None:
+    """``err`` as the one-line error of a failed write to ``dest`` (full disk, quota, read-only file system, file
+    size limit), or None when it is not a write failure. For writers outside :func:`atomic_output` (work files)."""
+    return _os_error(err, Path(dest)) if _is_write_error(err) else None
+
+
 def _commit(pairs: Sequence[tuple[Path, Path]]) -> None:
     """Move each temporary onto its destination; if one move fails, put back what was moved and re-raise."""
     done: list[tuple[Path, Path | None]] = []

@@ -14,13 +14,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from peft_debias.core.errors import DebiasError
+from peft_debias.core.atomic import as_write_error
+from peft_debias.core.errors import DebiasError, one_line
 from peft_debias.core.jsonio import dumps
 from peft_debias.train.config import RESUME_FREE, TrainConfig
 
 WORK_SUFFIX = ".peft-debias-work"
 RUN_CONFIG = "train_config.json"
 LOG = "training_log.jsonl"
+STATE_FILE = "trainer_state.pt"
 
 
 def work_dir(output: str | Path) -> Path:
@@ -40,7 +42,8 @@ def check_start(config: TrainConfig) -> Path:
     if config.resume:
         if not saved.is_file():
             raise DebiasError(f"nothing to resume at {work}", "run without --resume to start a new run")
-        previous = json.loads(saved.read_text())
+        previous = _read_run_config(saved, work)
+        read_checkpoint(work)  # a damaged checkpoint fails here, before the model is loaded
         if previous.get("fingerprint") != config.fingerprint():
             current = config.to_dict()
             changed = sorted(
@@ -62,13 +65,59 @@ def check_start(config: TrainConfig) -> Path:
     return work
 
 
+def _damaged(path: Path, what: str, work: Path) -> DebiasError:
+    """The error for a damaged work file: what is wrong with it and how to start over."""
+    return DebiasError(
+        f"cannot resume: {path} {what}", f"delete {work} to start over, or drop --resume and pass --overwrite"
+    )
+
+
+def _read_run_config(path: Path, work: Path) -> dict[str, Any]:
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise _damaged(path, f"is not valid JSON ({one_line(err, 120)})", work) from err
+    if not isinstance(previous, dict) or not isinstance(previous.get("config"), dict) or "fingerprint" not in previous:
+        raise _damaged(path, "is not a run config (no 'fingerprint' and 'config')", work)
+    return previous
+
+
+def read_checkpoint(work: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint folder and its trainer state, or None if the run stopped before the first one.
+
+    The state is read with ``torch.load(weights_only=True)`` (tensors and plain containers only: a pickle that
+    names any other object is refused, never run); the weights file's header and size are checked. Any damage is
+    one line naming the file."""
+    import torch
+    from safetensors import safe_open
+
+    checkpoints = sorted((work / "checkpoints").glob("step-????????"))
+    if not checkpoints:
+        return None
+    last = checkpoints[-1]
+    state_path = last / STATE_FILE
+    try:
+        state = torch.load(state_path, weights_only=True, map_location="cpu")
+    except Exception as err:  # missing, truncated, or a pickle of other objects (refused by weights_only)
+        raise _damaged(state_path, f"is unreadable ({one_line(err, 160)})", work) from err
+    if not isinstance(state, dict) or not {"optimizer", "scheduler", "rng", "step"} <= set(state):
+        raise _damaged(state_path, "is not a trainer state (needs optimizer, scheduler, rng and step)", work)
+    weights = [w for w in (last / "model.safetensors", last / "adapter" / "adapter_model.safetensors") if w.exists()]
+    if not weights:
+        raise _damaged(last, "holds no weights (model.safetensors or adapter/adapter_model.safetensors)", work)
+    try:
+        with safe_open(str(weights[0]), framework="pt") as fh:
+            fh.keys()
+    except Exception as err:
+        raise _damaged(weights[0], f"is truncated or corrupted ({one_line(err, 160)})", work) from err
+    return last, state
+
+
 def write_run_config(work: Path, config: TrainConfig) -> None:
     """Record the run's settings and fingerprint (what ``--resume`` is checked against)."""
     work.mkdir(parents=True, exist_ok=True)
     config_json = json.loads(json.dumps(config.to_dict(), default=str))
-    replace_text(
-        work / RUN_CONFIG, dumps({"fingerprint": config.fingerprint(), "config": config_json}) + "\n"
-    )
+    replace_text(work / RUN_CONFIG, dumps({"fingerprint": config.fingerprint(), "config": config_json}) + "\n")
 
 
 def append_log(work: Path, record: dict[str, Any]) -> None:
@@ -78,32 +127,44 @@ def append_log(work: Path, record: dict[str, Any]) -> None:
 
 
 def save_checkpoint(work: Path, step: int, model, optimizer, scheduler, accelerator, full: bool) -> None:
-    """Save the trained weights, optimizer, scheduler and RNG state after ``step`` (the newest checkpoint only)."""
-    import torch
-
+    """Save the trained weights, optimizer, scheduler and RNG state after ``step`` (the newest checkpoint only).
+    A write failure (full disk, quota) is one line naming the checkpoint; the half-written one is removed."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         final = work / "checkpoints" / f"step-{step:08d}"
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        if full:
-            from safetensors.torch import save_model
-
-            save_model(model, str(tmp / "model.safetensors"))  # tied weights once, as the model holds them
-        else:
-            model.save_pretrained(str(tmp / "adapter"))
-        state = {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": torch.get_rng_state(),
-            "step": step,
-        }
-        torch.save(state, tmp / "trainer_state.pt")
-        tmp.rename(final)
+        try:
+            tmp.mkdir(parents=True)
+            _write_checkpoint(tmp, step, model, optimizer, scheduler, full)
+            tmp.rename(final)
+        except BaseException as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            failure = as_write_error(err, final)
+            if failure is not None:
+                raise failure from err
+            raise
         for old in sorted((work / "checkpoints").glob("step-????????"))[:-1]:  # keep the newest only
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+def _write_checkpoint(folder: Path, step: int, model, optimizer, scheduler, full: bool) -> None:
+    import torch
+
+    if full:
+        from safetensors.torch import save_model
+
+        save_model(model, str(folder / "model.safetensors"))  # tied weights once, as the model holds them
+    else:
+        model.save_pretrained(str(folder / "adapter"))
+    state = {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": torch.get_rng_state(),
+        "step": step,
+    }
+    torch.save(state, folder / STATE_FILE)
 
 
 def load_checkpoint(work: Path, model, optimizer, scheduler, full: bool) -> int:
@@ -111,21 +172,27 @@ def load_checkpoint(work: Path, model, optimizer, scheduler, full: bool) -> int:
     import torch
     from safetensors.torch import load_file, load_model
 
-    checkpoints = sorted((work / "checkpoints").glob("step-????????"))
-    if not checkpoints:
+    found = read_checkpoint(work)
+    if found is None:
         return 0  # interrupted before the first checkpoint: start from scratch with the same config
-    last = checkpoints[-1]
-    state = torch.load(last / "trainer_state.pt", weights_only=True, map_location="cpu")
-    if full:
-        load_model(model, str(last / "model.safetensors"))
-    else:
-        from peft import set_peft_model_state_dict
+    last, state = found
+    weights = last / "model.safetensors" if full else last / "adapter" / "adapter_model.safetensors"
+    try:
+        if full:
+            load_model(model, str(weights))
+        else:
+            from peft import set_peft_model_state_dict
 
-        set_peft_model_state_dict(model, load_file(str(last / "adapter" / "adapter_model.safetensors")))
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"])
-    return int(state["step"])
+            set_peft_model_state_dict(model, load_file(str(weights)))
+    except Exception as err:  # missing file or tensors of other shapes
+        raise _damaged(weights, f"does not fit the model ({one_line(err, 160)})", work) from err
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        return int(state["step"])
+    except Exception as err:
+        raise _damaged(last / STATE_FILE, f"does not fit this run ({one_line(err, 160)})", work) from err
 
 
 def truncate_log(work: Path, step: int) -> None:
