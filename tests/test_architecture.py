@@ -17,7 +17,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "peft_debias"
 LAYERS: list[tuple[str, ...]] = [
     ("core",),
     ("cda", "models", "cards"),
-    ("eval", "loader"),
+    ("loader",),  # below eval: eval applies the loader's adapter checks (recorded base, finite tensors)
+    ("eval",),
     ("train", "vector"),
     ("hub",),
     ("demo", "experiment", "evaluate_modules"),

@@ -317,6 +317,17 @@ def _disk_fills(ctx: Ctx) -> None:
     ctx.around = unittest.mock.patch("transformers.modeling_utils.safe_save_file", half_then_full)
 
 
+def _nonfinite_adapter(ctx: Ctx, value: float) -> str:
+    """A copy of the trained adapter with one entry of its first tensor set to ``value`` (NaN or infinity)."""
+    from safetensors.torch import save_file
+
+    folder = Path(own_copy(ctx, "adapter"))
+    tensors = load_file(str(folder / "adapter_model.safetensors"))
+    tensors[sorted(tensors)[0]].view(-1)[0] = value
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    return str(folder)
+
+
 def _damaged_resume(ctx: Ctx, damage: str) -> list[str]:
     """``train --resume`` on a work folder with one damaged file (run config, checkpoint weights, trainer state)."""
     from safetensors.torch import save_file
@@ -508,6 +519,11 @@ CATALOGUE: list[Row] = [
     ("train-resume-checkpoint-without-weights", lambda c: _damaged_resume(c, "no-weights"), "holds no weights"),
     ("merge-full-disk", lambda c: _disk_fills(c) or _merge(c, c.m("adapter")),
      "no space left on the device while writing"),
+    ("eval-adapter-for-another-base", lambda c: _eval(c, "--adapter", c.m("adapter"), model="biased"),
+     "was trained on"),
+    ("eval-nan-adapter", lambda c: _eval(c, "--adapter", _nonfinite_adapter(c, float("nan"))),
+     "adapter_model.safetensors has non-finite values in tensor base_model.model."),
+    ("merge-inf-adapter", lambda c: _merge(c, _nonfinite_adapter(c, float("inf"))), "has non-finite values"),
     ("eval-report-fails-after-results", lambda c: _failing_move(c, "report.md") or _eval(c, "--report", str(
         c.out.with_name("report.md"))), "no space left on the device while writing"),
 ]

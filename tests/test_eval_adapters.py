@@ -139,11 +139,50 @@ def test_several_adapters_merge_lora_and_attach_the_prompt(tiny_models, adapters
 def test_adapters_that_do_not_fit(tiny_models, adapters, tmp_path: Path) -> None:
     # trained on BertForMaskedLM (keys under "bert."), loaded on a bare BertModel: would load silently at init
     with pytest.raises(DebiasError, match="does not fit the model: 8 of 8 saved weights have no place"):
-        resolve_model(str(tiny_models["bert_encoder"]), adapters=[str(adapters["bert_lora"])])
+        resolve_model(str(tiny_models["bert_encoder"]), adapters=[str(adapters["bert_lora"])], allow_base_mismatch=True)
     with pytest.raises(DebiasError, match="does not load on the model"):
+        resolve_model(str(tiny_models["gpt2"]), adapters=[str(adapters["bert_lora"])], allow_base_mismatch=True)
+    with pytest.raises(DebiasError, match=r"was trained on \S*bert but the given model is \S*gpt2.*--allow-base-mis"):
         resolve_model(str(tiny_models["gpt2"]), adapters=[str(adapters["bert_lora"])])
     (tmp_path / "empty").mkdir()
     with pytest.raises(DebiasError, match=r"has no adapter_config\.json"):
         resolve_model(str(tiny_models["bert"]), adapters=[str(tmp_path / "empty")])
     with pytest.raises(DebiasError, match="not found"):
         resolve_model(str(tiny_models["bert"]), adapters=[str(tmp_path / "missing" / "x")])
+
+
+def test_an_adapter_of_another_base_is_refused_unless_allowed(
+    tiny_models, tmp_path_factory, tmp_path, monkeypatch
+) -> None:
+    """The base check of merge and publish, in eval: an adapter trained on the tiny llama, evaluated on a copy with
+    other weights (same architecture, so it would load silently), is refused; ``--allow-base-mismatch`` evaluates
+    it anyway (a warning), giving the same figures as the library call."""
+    import json
+
+    from peft_debias.cli.main import main
+    from peft_debias.eval.runner import evaluate_bias
+
+    from support.loader import trained_adapter
+    from support.tiny_models import CORPUS
+    from support.vector import perturb
+
+    monkeypatch.setenv("TRANSFORMERS_VERBOSITY", "error")  # main() would set it for the rest of the session
+    adapter = str(trained_adapter(tiny_models, tmp_path_factory, "llama", "lora"))
+    other = str(perturb(tiny_models["llama"], tmp_path / "other", noise=0.05))
+    text = tmp_path / "ppl.txt"
+    text.write_text("\n".join(CORPUS) + "\n")
+    options = dict(benchmarks="perplexity", ppl_file=str(text), adapters=[adapter], progress=False)
+    with pytest.raises(DebiasError, match=r"was trained on .* backbone fingerprint .*--allow-base-mismatch"):
+        evaluate_bias(other, **options)
+    allowed = evaluate_bias(other, allow_base_mismatch=True, **options)
+    assert allowed["adapters"][0]["path"] == adapter and np.isfinite(allowed["perplexity"]["perplexity"])
+    assert evaluate_bias(str(tiny_models["llama"]), **options)["perplexity"]["perplexity"] != pytest.approx(
+        allowed["perplexity"]["perplexity"]
+    )
+    out = tmp_path / "r.json"
+    argv = ["eval", "--model", other, "--adapter", adapter, "--benchmarks", "perplexity", "--ppl-file", str(text),
+            "--no-progress", "--output", str(out)]  # fmt: skip
+    assert main(argv) == 2 and not out.exists()
+    assert main([*argv, "--allow-base-mismatch"]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["perplexity"]["perplexity"] == pytest.approx(allowed["perplexity"]["perplexity"])

@@ -35,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma list of seat, crows, stereoset, perplexity (default: all the "
         "model kind supports; an encoder gets seat)",
     )
+    what.add_argument(
+        "--allow-base-mismatch",
+        action="store_true",
+        help="evaluate even if an adapter records another base model (fingerprint or id)",
+    )
     what.add_argument("--axes", help="comma list of gender, race, religion (default: all)")
     what.add_argument("--data-dir", help="data folder (default: $PEFT_DEBIAS_DATA; else the Hub, not for SEAT)")
     what.add_argument("--seat-tests", default="all", help="'all' (every file in seat/), 'axes', or a comma list")
@@ -175,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
             config=config,
             compare=args.compare,
             label=args.label,
+            allow_base_mismatch=args.allow_base_mismatch,
         )
     _print_summary(results)
     report = markdown_report(results) if args.report else None

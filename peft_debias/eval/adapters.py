@@ -13,9 +13,12 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from peft_debias.core.errors import DebiasError, one_line
+
+if TYPE_CHECKING:
+    from peft_debias.loader.checks import AdapterFiles
 
 logger = logging.getLogger(__name__)
 
@@ -76,18 +79,38 @@ def _read_config(source: str, label: str) -> Any:
         ) from err
 
 
-def attach_adapters(model: Any, adapters: Sequence[str]) -> tuple[Any, list[dict[str, Any]]]:
-    """Load ``adapters`` (folders or Hub ids) onto ``model``; returns the model to use and what was done.
+def read_adapters(adapters: Sequence[str]) -> list[AdapterFiles]:
+    """Find and read every adapter (folder or Hub id) with the loader's checks: a missing or broken folder, pickle
+    weights, NaN or infinite tensors are refused before any model is loaded."""
+    from peft_debias.loader.checks import read_adapter
 
-    The returned list has one ``{"path", "peft_type", "task_type", "merged"}`` per adapter, in load order.
-    Merging changes ``model``'s weights in place.
+    for label in adapters:
+        _source(label)  # eval's own messages for a missing folder or one without adapter_config.json
+    return [read_adapter(label) for label in adapters]
+
+
+def attach_adapters(
+    model: Any, adapters: Sequence[str | AdapterFiles], *, allow_base_mismatch: bool = False
+) -> tuple[Any, list[dict[str, Any]]]:
+    """Load ``adapters`` (folders, Hub ids, or what :func:`read_adapters` returned) onto ``model``; returns the
+    model to use and what was done.
+
+    Each adapter's recorded base must be ``model`` (the check ``merge`` and ``publish`` apply:
+    :func:`peft_debias.loader.checks.check_base`, by weights fingerprint, else by id), unless
+    ``allow_base_mismatch``. The returned list has one ``{"path", "peft_type", "task_type", "merged"}`` per
+    adapter, in load order. Merging changes ``model``'s weights in place.
     """
     if not adapters:
         return model, []
     from peft import PeftModel
 
-    loaded = [(label, _source(label)) for label in adapters]
-    configs = [(label, source, _read_config(source, label)) for label, source in loaded]
+    from peft_debias.loader.checks import AdapterFiles, FingerprintCache, check_base
+
+    files = [a if isinstance(a, AdapterFiles) else read_adapters([str(a)])[0] for a in adapters]
+    fingerprints = FingerprintCache(model)
+    for adapter in files:  # every base checked before merging changes the weights
+        check_base(adapter, fingerprints, allow_base_mismatch)
+    configs = [(a.source, str(a.path), _read_config(str(a.path), a.source)) for a in files]
     prompt = [c for c in configs if c[2].is_prompt_learning]
     if len(prompt) > 1:
         raise DebiasError(

@@ -39,14 +39,22 @@ def infer_kind(model: Any) -> ModelKind:
 
 
 def resolve_model(
-    model: Any, tokenizer: Any = None, *, kind: str | ModelKind | None = None, adapters: Iterable[str] = ()
+    model: Any,
+    tokenizer: Any = None,
+    *,
+    kind: str | ModelKind | None = None,
+    adapters: Iterable[str] = (),
+    allow_base_mismatch: bool = False,
 ) -> ModelHandle:
     """A model name / alias / folder, a :class:`~peft_debias.models.loading.LoadedModel`, or a model object
     (+ tokenizer)
-    -> a :class:`ModelHandle`, with ``adapters`` attached (:func:`~peft_debias.eval.adapters.attach_adapters`)."""
-    from peft_debias.eval.adapters import attach_adapters
+    -> a :class:`ModelHandle`, with ``adapters`` attached (:func:`~peft_debias.eval.adapters.attach_adapters`:
+    read and checked before the model loads; an adapter recorded for another base is refused unless
+    ``allow_base_mismatch``)."""
+    from peft_debias.eval.adapters import attach_adapters, read_adapters
     from peft_debias.models.loading import LoadedModel, ModelKind, load_model, load_tokenizer
 
+    files = read_adapters(list(adapters))
     if isinstance(model, (str, Path)):
         loaded = load_model(str(model), kind)
         handle = ModelHandle(loaded.model, loaded.tokenizer, loaded.kind, loaded.name)
@@ -62,7 +70,7 @@ def resolve_model(
                     f"no tokenizer given for the model object ({err.problem})", "pass tokenizer="
                 ) from err
         handle = ModelHandle(model, tokenizer, ModelKind(kind) if kind else infer_kind(model), name)
-    handle.model, handle.adapters = attach_adapters(handle.model, list(adapters))
+    handle.model, handle.adapters = attach_adapters(handle.model, files, allow_base_mismatch=allow_base_mismatch)
     handle.model.eval()
     return handle
 

@@ -77,6 +77,7 @@ def evaluate_bias(
     config: EvalConfig | None = None,
     compare: str | Path | Mapping[str, Any] | None = None,
     label: str | None = None,
+    allow_base_mismatch: bool = False,
     **options: Any,
 ) -> dict[str, Any]:
     """Evaluate a model's social bias and LM quality; returns the results dict (schema in :mod:`peft_debias.eval`).
@@ -95,6 +96,8 @@ def evaluate_bias(
         config: an :class:`EvalConfig`; ``options`` override its fields (e.g. ``n_samples=1000``).
         compare: another results dict or file: adds a ``compare`` section (flips and McNemar p-values).
         label: name of this run in reports and charts (default: model name + adapters).
+        allow_base_mismatch: attach adapters even if their recorded base (weights fingerprint or id) is not
+            ``model`` (by default such an adapter is refused, as ``merge`` and ``publish`` refuse it).
     """
     started = time.perf_counter()
     unknown = sorted(set(options) - {f.name for f in fields(EvalConfig)})
@@ -115,7 +118,7 @@ def evaluate_bias(
         for name in names:
             data[name] = BENCHMARKS[name].load(source, config, axes_list)
     t0 = time.perf_counter()
-    handle = resolve_model(model, tokenizer, kind=kind, adapters=adapters)
+    handle = resolve_model(model, tokenizer, kind=kind, adapters=adapters, allow_base_mismatch=allow_base_mismatch)
     seconds: dict[str, float] = {"load": time.perf_counter() - t0}
     if names is None:
         names = _defaults(handle.kind)

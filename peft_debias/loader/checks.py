@@ -192,6 +192,19 @@ def _read_weights(folder: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
     )
 
 
+def check_finite(weights: dict[str, torch.Tensor], file: Path) -> None:
+    """Refuse adapter weights holding NaN or infinite values (a diverged run): they would make every score NaN."""
+    for name in sorted(weights):
+        tensor = weights[name]
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise DebiasError(
+                f"adapter file {file} has non-finite values in tensor {name} ({bad} of {tensor.numel()} NaN or "
+                "infinite)",
+                "re-train the adapter (lower the learning rate) or use an earlier checkpoint",
+            )
+
+
 def read_adapter(
     source: str | os.PathLike, revision: str | None = None, *, allow_pickle: bool = False, token: str | None = None
 ) -> AdapterFiles:
@@ -210,6 +223,7 @@ def read_adapter(
     weights = _read_weights(folder, allow_pickle)
     if not weights:
         raise DebiasError(f"the adapter weights in {folder} are empty", "re-train or re-download the adapter")
+    check_finite(weights, folder / (SAFETENSORS_FILE if (folder / SAFETENSORS_FILE).is_file() else PICKLE_FILE))
     return AdapterFiles(os.fspath(source), folder, revision, config, debias, weights)
 
 
