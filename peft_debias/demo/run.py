@@ -21,6 +21,7 @@ figures with their intervals; the multi-seed, controlled evidence is the experim
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from peft_debias.core.bounds import check_minimums
 from peft_debias.core.errors import DebiasError
 from peft_debias.core.jsonio import write_json
 
@@ -59,10 +61,12 @@ class DemoConfig:
     lambdas: list[float] | None = field(default=None, metadata={"help": "bias-vector lambdas (default 0.5,1; quick 1)"})
     ppl_tokens: int | None = field(default=None, metadata={"help": "perplexity tokens (default 8000, quick 1500)"})
     novels: int | None = field(default=None, metadata={"help": "Gutenberg novels for training (default 4, quick 1)"})
-    ppl_threshold: float = field(default=0.10, metadata={"help": "largest perplexity increase for the chosen lambda"})
-    batch_size: int = 8
-    max_length: int = 64
-    n_bootstrap: int = 2000
+    ppl_threshold: float = field(
+        default=0.10, metadata={"help": "largest perplexity increase for the chosen lambda", "min": 0}
+    )
+    batch_size: int = field(default=8, metadata={"help": "sentences per step and per forward", "min": 1})
+    max_length: int = field(default=64, metadata={"help": "tokens per training sentence", "min": 8})
+    n_bootstrap: int = field(default=2000, metadata={"help": "bootstrap resamples of the intervals", "min": 0})
     overwrite: bool = False
     progress: bool = True
 
@@ -90,7 +94,33 @@ class DemoConfig:
             raise DebiasError(f"unknown biased method {out.biased_method!r}", "use lora or full")
         if not out.lambdas:
             raise DebiasError("no bias-vector lambda given", "pass e.g. 0.5,1")
+        check_minimums(out)
+        for name, value in [("ppl_threshold", out.ppl_threshold), *(("lambda", lam) for lam in out.lambdas)]:
+            if not math.isfinite(value):
+                raise DebiasError(f"{name} {value} is not a finite number", "pass e.g. 0.1 (threshold) or 0.5,1")
         return out
+
+    def check(self) -> Path:
+        """Every option checked before the first stage (no model loaded): the model names, the axis and benchmarks,
+        the data folder and its files, and the output. Returns the data folder."""
+        from peft_debias.core.atomic import check_destination, check_not_input
+        from peft_debias.core.data_dir import data_file, resolve_data_dir
+        from peft_debias.eval.benchmarks import check_benchmarks
+        from peft_debias.eval.sources import check_axes
+        from peft_debias.models.loading import check_model_name
+
+        check_model_name(self.causal_model, what="--causal-model")
+        if self.encoder_model != "":  # '' skips the encoder stages
+            check_model_name(self.encoder_model, what="--encoder-model")
+        if len(check_axes(self.axis)) != 1:
+            raise DebiasError(f"axis {self.axis!r} names several axes", "pass one of gender, race, religion")
+        check_benchmarks(self.benchmarks)
+        check_destination(self.output, overwrite=self.overwrite)
+        data_dir = resolve_data_dir(self.data_dir)
+        for relative in ("crows_pairs/crows_pairs_anonymized.csv", "stereoset/stereoset_dev_flat.jsonl", PPL_TEXT):
+            data_file(data_dir, relative)  # fail before any work when the data is incomplete
+        check_not_input(self.output, [data_dir, *(m for m in (self.causal_model, self.encoder_model) if m)])
+        return data_dir
 
 
 class _Clock:
@@ -140,15 +170,11 @@ def run_demo(config: DemoConfig | None = None, *, on_stage: Callable[[str], None
 
     ``on_stage(line)`` receives the one-line summary of each finished stage (default: logged at INFO).
     """
-    from peft_debias.core.atomic import atomic_output, check_destination
-    from peft_debias.core.data_dir import data_file, resolve_data_dir
+    from peft_debias.core.atomic import atomic_output
     from peft_debias.demo.report import write_report
 
     cfg = (config or DemoConfig()).resolved()
-    check_destination(cfg.output, overwrite=cfg.overwrite)
-    data_dir = resolve_data_dir(cfg.data_dir)
-    for relative in ("crows_pairs/crows_pairs_anonymized.csv", "stereoset/stereoset_dev_flat.jsonl", PPL_TEXT):
-        data_file(data_dir, relative)  # fail before any work when the data is incomplete
+    data_dir = cfg.check()
     novels = _novels(data_dir, cfg.novels)
     clock = _Clock(on_stage)
     with atomic_output(cfg.output, overwrite=cfg.overwrite, directory=True) as out:

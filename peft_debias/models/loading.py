@@ -192,6 +192,11 @@ def bundled_model_path(alias: str) -> Path:
     import). SmolLM2 is converted once into ``$PEFT_DEBIAS_CACHE`` (default ``~/.cache/peft_debias``).
     """
     entry = _bundled_entry(alias)
+    return entry.prepare(_bundled_file(alias, entry), entry.install)
+
+
+def _bundled_file(alias: str, entry: _Bundled) -> Path:
+    """The installed file a bundled alias is made from (found, never imported); one line if it is missing."""
     try:
         spec = importlib.util.find_spec(entry.package)
     except (ImportError, ValueError):
@@ -206,7 +211,18 @@ def bundled_model_path(alias: str) -> Path:
     found = sorted(package_dir.glob(entry.pattern))
     if not found:
         raise DebiasError(f"{package_dir} lacks {entry.pattern}", f"reinstall it: {entry.install}")
-    return entry.prepare(found[0], entry.install)
+    return found[0]
+
+
+def check_model_name(name: str, *, what: str = "model", allow_pickle: bool = False) -> None:
+    """Check a model name before any work, loading, converting or downloading nothing: not empty, a bundled alias
+    whose package is installed, a model folder (config.json, no pickle-only weights) or a well-formed Hub id."""
+    if not name or not name.strip():
+        raise DebiasError(f"{what} name is empty", f"pass a folder, a Hub id or one of {', '.join(list_bundled())}")
+    if name.startswith(BUNDLED_PREFIX):
+        _bundled_file(name, _bundled_entry(name))
+    elif (source := _resolve(name)).local:
+        _check_local_folder(Path(source.path), allow_pickle)
 
 
 @dataclass(frozen=True)
