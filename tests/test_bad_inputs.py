@@ -372,6 +372,8 @@ def _damaged_resume(ctx: Ctx, damage: str) -> list[str]:
     """``train --resume`` on a work folder with one damaged file (run config, checkpoint weights, trainer state)."""
     from safetensors.torch import save_file
 
+    from peft_debias.train.state import save_state
+
     ctx.out = ctx.tmp / "adapter"
     work = ctx.tmp / ".adapter.peft-debias-work"
     step = work / "checkpoints" / "step-00000002"
@@ -379,9 +381,15 @@ def _damaged_resume(ctx: Ctx, damage: str) -> list[str]:
     config = '{"fingerprint": "f", "config": {}}' if damage != "config" else '{"fingerprint": "f", "conf'
     (work / "train_config.json").write_text(config)
     state = {"optimizer": {}, "scheduler": {}, "rng": torch.get_rng_state(), "step": 2}
-    if damage == "pickle":
-        state["extra"] = _Payload(ctx.tmp / "UNPICKLED")  # the row also fails if this file appears
-    torch.save(state, step / "trainer_state.pt")
+    if damage == "pickle":  # a trainer state as a pickle (the old format, or planted): never unpickled
+        torch.save({**state, "extra": _Payload(ctx.tmp / "UNPICKLED")}, step / "trainer_state.pt")
+    else:
+        save_state(state, step)
+    if damage == "state-json":
+        (step / "trainer_state.json").write_text('{"dict": [["step", 2], ')
+    if damage == "state-tensors":
+        tensors = step / "trainer_state.safetensors"
+        tensors.write_bytes(tensors.read_bytes()[:-10])
     weights = step / "adapter" / "adapter_model.safetensors"
     if damage != "no-weights":
         save_file({"base_model.model.lora_A.weight": torch.ones(8, 32)}, str(weights))
@@ -555,7 +563,11 @@ CATALOGUE: list[Row] = [
     ("train-resume-truncated-checkpoint", lambda c: _damaged_resume(c, "truncated"),
      "adapter_model.safetensors is truncated or corrupted"),
     ("train-resume-pickled-trainer-state", lambda c: _damaged_resume(c, "pickle"),
-     "trainer_state.pt is unreadable"),
+     "trainer_state.json is unreadable ([Errno 2] No such file"),
+    ("train-resume-garbage-trainer-state", lambda c: _damaged_resume(c, "state-json"),
+     "trainer_state.json is unreadable (Expecting"),
+    ("train-resume-truncated-trainer-tensors", lambda c: _damaged_resume(c, "state-tensors"),
+     "trainer_state.safetensors is unreadable"),
     ("train-resume-checkpoint-without-weights", lambda c: _damaged_resume(c, "no-weights"), "holds no weights"),
     ("merge-full-disk", lambda c: _disk_fills(c) or _merge(c, c.m("adapter")),
      "no space left on the device while writing"),

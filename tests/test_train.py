@@ -204,7 +204,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_line(tiny_models, corpus, tmp_path, 
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
     if where == "trainer state":
-        monkeypatch.setattr(torch, "save", full_disk)
+        monkeypatch.setattr("safetensors.torch.save_file", full_disk)
     else:
         monkeypatch.setattr("peft.peft_model.safe_save_file", full_disk)
     with pytest.raises(DebiasError, match=r"no space left on the device while writing \S*step-00000002.*free space"):
@@ -274,3 +274,35 @@ def test_prefix_on_an_architecture_that_ignores_it(tmp_path, corpus) -> None:
     _bert_tokenizer().save_pretrained(folder)
     with pytest.raises(DebiasError, match="'prefix' has no effect on model type 'albert'"):
         train_adapter(_config(folder, corpus, tmp_path / "out", method="prefix"))
+
+
+def test_trainer_state_round_trips_without_pickle(tmp_path) -> None:
+    """The optimizer / scheduler / RNG state comes back with the same types (int keys, tuples, non-finite floats)
+    and bit-identical tensors, from JSON and safetensors only."""
+    from transformers import get_scheduler
+
+    from peft_debias.train.state import load_state, save_state
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.8, 0.99))
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=1, num_training_steps=4)
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+             "step": 1, "odd": [float("inf"), float("-inf"), None, (1, "a")]}  # fmt: skip
+    save_state(state, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trainer_state.json", "trainer_state.safetensors"]
+    back = load_state(tmp_path)
+    assert back["optimizer"]["param_groups"] == state["optimizer"]["param_groups"]
+    assert back["optimizer"]["param_groups"][0]["betas"] == (0.8, 0.99)
+    assert sorted(back["optimizer"]["state"]) == [0, 1]
+    for pid, entry in state["optimizer"]["state"].items():
+        for name, tensor in entry.items():
+            got = back["optimizer"]["state"][pid][name]
+            assert got.dtype == tensor.dtype and torch.equal(got, tensor), (pid, name)
+    assert back["scheduler"] == state["scheduler"] and torch.equal(back["rng"], state["rng"])
+    assert back["odd"] == state["odd"] and back["step"] == 1
+    fresh = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.8, 0.99))
+    fresh.load_state_dict(back["optimizer"])  # what resume does
+    assert fresh.state_dict()["param_groups"] == optimizer.state_dict()["param_groups"]

@@ -2,8 +2,10 @@
 
 The folder is a sibling of the output (``.<name>.peft-debias-work``) and is removed when the output is written.
 Checkpoints hold only what changes: the trained weights (a PEFT adapter, or every weight of a fully fine-tuned
-model) as safetensors, the optimizer and scheduler state and the torch RNG (loaded back with ``weights_only=True``).
-Work files are written whole and renamed into place, so a killed run never leaves half a file.
+model) as safetensors, the optimizer and scheduler state and the torch RNG as JSON plus safetensors
+(:mod:`peft_debias.train.state`: nothing is pickled, so resuming never unpickles). Work files are written whole and
+renamed into place, so a killed run never leaves half a file; a damaged one found on ``--resume`` is one line naming
+it, before the model loads.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ from peft_debias.core.atomic import as_write_error
 from peft_debias.core.errors import DebiasError, one_line
 from peft_debias.core.jsonio import dumps
 from peft_debias.train.config import RESUME_FREE, TrainConfig
+from peft_debias.train.state import STATE_JSON, STATE_TENSORS, load_state, save_state
 
 WORK_SUFFIX = ".peft-debias-work"
 RUN_CONFIG = "train_config.json"
 LOG = "training_log.jsonl"
-STATE_FILE = "trainer_state.pt"
 
 
 def work_dir(output: str | Path) -> Path:
@@ -85,23 +87,23 @@ def _read_run_config(path: Path, work: Path) -> dict[str, Any]:
 def read_checkpoint(work: Path) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint folder and its trainer state, or None if the run stopped before the first one.
 
-    The state is read with ``torch.load(weights_only=True)`` (tensors and plain containers only: a pickle that
-    names any other object is refused, never run); the weights file's header and size are checked. Any damage is
-    one line naming the file."""
-    import torch
+    The state is JSON plus safetensors (never a pickle); the weights file's header and size are checked. Any damage
+    is one line naming the file."""
     from safetensors import safe_open
 
     checkpoints = sorted((work / "checkpoints").glob("step-????????"))
     if not checkpoints:
         return None
     last = checkpoints[-1]
-    state_path = last / STATE_FILE
     try:
-        state = torch.load(state_path, weights_only=True, map_location="cpu")
-    except Exception as err:  # missing, truncated, or a pickle of other objects (refused by weights_only)
-        raise _damaged(state_path, f"is unreadable ({one_line(err, 160)})", work) from err
-    if not isinstance(state, dict) or not {"optimizer", "scheduler", "rng", "step"} <= set(state):
-        raise _damaged(state_path, "is not a trainer state (needs optimizer, scheduler, rng and step)", work)
+        state = load_state(last)
+    except Exception as err:  # missing, truncated, not JSON, a structure we did not write
+        name = STATE_TENSORS if type(err).__name__ == "SafetensorError" else STATE_JSON
+        if isinstance(err, OSError) and err.filename:
+            name = Path(err.filename).name
+        raise _damaged(last / name, f"is unreadable ({one_line(err, 160)})", work) from err
+    if not {"optimizer", "scheduler", "rng", "step"} <= set(state):
+        raise _damaged(last / STATE_JSON, "is not a trainer state (needs optimizer, scheduler, rng and step)", work)
     weights = [w for w in (last / "model.safetensors", last / "adapter" / "adapter_model.safetensors") if w.exists()]
     if not weights:
         raise _damaged(last, "holds no weights (model.safetensors or adapter/adapter_model.safetensors)", work)
@@ -164,7 +166,7 @@ def _write_checkpoint(folder: Path, step: int, model, optimizer, scheduler, full
         "rng": torch.get_rng_state(),
         "step": step,
     }
-    torch.save(state, folder / STATE_FILE)
+    save_state(state, folder)
 
 
 def load_checkpoint(work: Path, model, optimizer, scheduler, full: bool) -> int:
@@ -192,7 +194,7 @@ def load_checkpoint(work: Path, model, optimizer, scheduler, full: bool) -> int:
         torch.set_rng_state(state["rng"])
         return int(state["step"])
     except Exception as err:
-        raise _damaged(last / STATE_FILE, f"does not fit this run ({one_line(err, 160)})", work) from err
+        raise _damaged(last / STATE_JSON, f"does not fit this run ({one_line(err, 160)})", work) from err
 
 
 def truncate_log(work: Path, step: int) -> None:
