@@ -194,3 +194,18 @@ def test_debias_config_must_be_an_object(tiny_models, adapter, tmp_path) -> None
     folder = shutil.copytree(adapter("bert", "lora"), tmp_path / "a")
     (folder / "debias_config.json").write_text(json.dumps(["not", "an", "object"]))
     assert "is not a JSON object" in error_of(bert(tiny_models["bert"]), folder)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_adapter_tensors_are_refused(tiny_models, adapter, tmp_path, value) -> None:
+    """One check for every adapter reader (attach, merge, publish's load check, eval): a diverged adapter is named
+    with its file and tensor instead of giving NaN scores; the model is left untouched."""
+    broken = shutil.copytree(adapter("bert", "lora"), tmp_path / "broken")
+    tensors = load_file(str(broken / "adapter_model.safetensors"))
+    name = sorted(tensors)[-1]
+    tensors[name][0, 0] = value
+    save_file(tensors, str(broken / "adapter_model.safetensors"))
+    model = bert(tiny_models["bert"])
+    text = error_of(model, broken, mode="inference", allow_base_mismatch=True)
+    assert f"adapter file {broken / 'adapter_model.safetensors'} has non-finite values in tensor {name}" in text
+    assert "(1 of " in text and untouched(model)
