@@ -102,6 +102,8 @@ def test_a_failed_output_leaves_none(tmp_path: Path) -> None:
         tmps[0].write_text("{}")
         raise OSError(errno.ENOSPC, "No space left on device", str(tmps[1]))
     assert list(tmp_path.iterdir()) == []
+    with pytest.raises(DebiasError, match=r"while writing \S*r\.json, \S*report\.md"), atomic_outputs(dests):
+        raise OSError(errno.EDQUOT, "Disk quota exceeded")  # which file is unknown: both are named
 
 
 def test_a_failed_move_puts_back_what_was_moved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -220,6 +220,7 @@ def atomic_outputs(dests: Sequence[str | os.PathLike], *, overwrite: bool = Fals
             dest.absolute().parent.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(dest)
             tmps.append(_tmp_sibling(dest))
+        current = Path(", ".join(map(str, paths)))  # a failure in the block names the file it was writing, if known
         yield list(tmps)
         for tmp, dest in zip(tmps, paths, strict=True):
             current = dest
