@@ -56,3 +56,13 @@ def hub_offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture(scope="session")
+def hub_bases(hub_server, tiny_models) -> dict[str, str]:
+    """The tiny llama and the tiny bare BERT encoder served by ``hub_server`` under made-up Hub ids
+    (``tiny-org/tiny-llama``, ``tiny-org/tiny-bert``; the encoder as a mean-pooled, normalised sentence encoder):
+    name -> id. A fresh client process resolves them by id (tests/support/hub_models.py)."""
+    from support.hub_models import serve_tiny_models
+
+    return serve_tiny_models(hub_server, tiny_models)
