@@ -10,13 +10,11 @@ loader (``load_debias_adapter``) gives on the same input.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 
 import pytest
 
-from support.clients import BATCH_CLI, report, train_argv, transformers_adapter_api_problem
+from support.clients import BATCH_CLI, report, require_client, train_argv, transformers_adapter_api_problem
 from support.hub_models import TINY_IDS
 from support.hub_server import client_env, run_client
 from support.tiny_models import CORPUS
@@ -244,11 +242,9 @@ def test_encoder_adapter_by_repo_id(encoder) -> None:
 
 
 def test_sentence_transformers_loads_the_adapter(encoder) -> None:
-    if encoder["st"] is None:
-        if os.environ.get("CI"):
-            pytest.fail("sentence-transformers is part of the pinned install (the clients extra) but not importable")
-        pytest.skip("sentence-transformers is not installed (pip install 'peft-debias[clients]')")
+    require_client("sentence_transformers")
     st = encoder["st"]
+    assert st is not None, "the client process could not import sentence_transformers"
     assert st["modules"] == ["Transformer", "Pooling", "Normalize"]
     assert st["base"] < SAME, "SentenceTransformer(id) must mean-pool and normalise like the served repo says"
     assert st["adapter"] < SAME, "SentenceTransformer.load_adapter(repo) must give our loader's embeddings"
@@ -301,15 +297,6 @@ print(json.dumps(out))
 """
 
 
-def lm_eval_missing() -> str | None:
-    """Why the lm-eval test cannot run here, or None (under CI it must run: the pinned install has it)."""
-    if importlib.util.find_spec("lm_eval") is not None:
-        return None
-    if os.environ.get("CI"):
-        pytest.fail("lm-eval is part of the pinned install (the clients extra) but not importable")
-    return "lm-evaluation-harness is not installed (pip install 'peft-debias[clients]')"
-
-
 def check_lm_eval_report(got: dict, n: int) -> None:
     """lm-eval's numbers equal ours pair by pair (summed log-likelihoods, BOS context); the adapter changes them."""
     import numpy as np
@@ -330,9 +317,7 @@ def check_lm_eval_report(got: dict, n: int) -> None:
 
 @pytest.mark.integration
 def test_lm_eval_runs_our_tasks_on_the_adapter(published, data_dir) -> None:
-    missing = lm_eval_missing()
-    if missing:
-        pytest.skip(missing)
+    require_client("lm_eval")
     n = 12
     env = {**published["env"], "HF_DATASETS_CACHE": str(published["root"] / "datasets")}
     got = report(["-c", LM_EVAL, LLAMA, REPOS["lora"], str(data_dir), str(n)], env, timeout=600)

@@ -31,6 +31,23 @@ def transformers_adapter_api_problem() -> str | None:
     return None
 
 
+def require_client(module: str) -> None:
+    """Skip the test when an optional client library (the ``clients`` extra) is missing; under CI, fail instead:
+    the pinned install has it, so a CI run must not pass by skipping."""
+    import importlib.util
+
+    import pytest
+
+    from support.bundled import under_ci
+
+    if importlib.util.find_spec(module) is not None:
+        return
+    message = f"{module} is not installed (pip install 'peft-debias[clients]')"
+    if under_ci():
+        pytest.fail(f"{message}; CI is set, so the client tests may not be skipped", pytrace=False)
+    pytest.skip(message)
+
+
 def report(args: list[str], env: dict[str, str], timeout: float = 300) -> dict[str, Any]:
     """Run a client process and return the JSON object on its last line of output; fail with its stderr."""
     run = run_client(args, env, timeout=timeout)

@@ -79,12 +79,10 @@ def serve_tiny_models(server: HubServer, tiny_models: dict[str, Path]) -> dict[s
     return dict(TINY_IDS)
 
 
-def serve_real_bases(server: HubServer) -> dict[str, str]:
-    """Serve the bundled MiniLM and the converted SmolLM2 under their real Hub ids (the slow suite)."""
-    from peft_debias.models.loading import bundled_model_path
-
-    bases = {"minilm": (MINILM_ID, True), "smollm2": (SMOLLM2_ID, False)}
-    for alias, (repo_id, sentence_encoder) in bases.items():
+def serve_real_bases(server: HubServer, minilm: Path, smollm2: Path) -> dict[str, str]:
+    """Serve the bundled MiniLM and the converted SmolLM2 folders under their real Hub ids (the slow suite)."""
+    bases = {"minilm": (MINILM_ID, minilm, True), "smollm2": (SMOLLM2_ID, smollm2, False)}
+    for repo_id, folder, sentence_encoder in bases.values():
         if server.head(repo_id) is None:
-            serve_model(server, repo_id, bundled_model_path(f"bundled:{alias}"), sentence_encoder=sentence_encoder)
-    return {alias: repo_id for alias, (repo_id, _) in bases.items()}
+            serve_model(server, repo_id, folder, sentence_encoder=sentence_encoder)
+    return {alias: repo_id for alias, (repo_id, _, _) in bases.items()}
