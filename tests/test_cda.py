@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from peft_debias.cda.axes import get_axis
-from peft_debias.cda.swapping import counterfactuals, swap
+from peft_debias.cda.axes import BiasAxis, get_axis
+from peft_debias.cda.swapping import counterfactuals, swap, takes_an
 from peft_debias.core.errors import DebiasError
 
 
@@ -51,10 +51,53 @@ def test_multiclass_axis_gives_one_copy_per_alternative() -> None:
 
 def test_multiword_terms_match_longest_first_and_keep_title_case() -> None:
     assert counterfactuals("An African American writer", "race") == [
-        "An European American writer",
+        "A European American writer",
         "An Asian American writer",
     ]
     assert swap("african-american history", "race") == "european-american history"
+
+
+AGE = BiasAxis(name="age", classes=("young", "old"), groups=(("young", "old"), ("youth", "elder")))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("The young man met an elder.", "The old man met a youth."),
+        ("The old man met a youth.", "The young man met an elder."),
+        ("An elder spoke to a youth.", "A youth spoke to an elder."),
+        ("A youth spoke to an elder.", "An elder spoke to a youth."),
+        ("AN ELDER AND A YOUTH", "A YOUTH AND AN ELDER"),
+        ("an\n elder", "a\n youth"),  # any white space between them
+        ("a elder", "a youth"),  # an article that did not agree is left as it was
+        ("Santa elder, banana youth", "Santa youth, banana elder"),  # "a" inside a word is no article
+        ("a young elder", "an old youth"),  # the article goes with the word right after it
+    ],
+)
+def test_articles_follow_the_swapped_term(text: str, expected: str) -> None:
+    assert swap(text, AGE) == expected
+
+
+def test_articles_in_the_builtin_axes() -> None:
+    assert swap("An uncle and an actor met a host.", "gender") == "An aunt and an actress met a hostess."
+    assert swap("She is a heroine, an empress.", "gender") == "He is a hero, an emperor."
+    assert counterfactuals("An African met a European.", "race") == [
+        "A European met an Asian.",
+        "An Asian met an African.",
+    ]
+    assert counterfactuals("A rabbi met an imam.", "religion") == ["A priest met a rabbi.", "An imam met a priest."]
+
+
+@pytest.mark.parametrize(
+    ("word", "an"),
+    [("apple", True), ("elder", True), ("umbrella", True), ("uncle", True), ("unimportant", True), ("hour", True),
+     ("honest", True), ("honour", True), ("heir", True), ("Asian", True), ("youth", False), ("history", False),
+     ("host", False), ("university", False), ("unique", False), ("one", False), ("one-off", False), ("once", False),
+     ("European", False), ("usual", False), ("user", False), ("utopia", False), ("ewe", False), ("onion", True),
+     ("utter", True), ("urge", True), ("", False)],
+)  # fmt: skip
+def test_takes_an_goes_by_the_sound(word: str, an: bool) -> None:
+    assert takes_an(word) is an
 
 
 def test_mode_one_is_deterministic_and_a_valid_alternative() -> None:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peft_debias.cda.axes import BiasAxis, get_axis
-from peft_debias.cda.swapping import counterfactuals, swap
+from peft_debias.cda.swapping import counterfactuals, swap, takes_an
 
 GENDER = get_axis("gender")
 
@@ -25,7 +25,7 @@ ROUND_TRIP = sorted(
     for t in GENDER.lookup
     if t not in GENDER.contextual and _partner(t) not in GENDER.contextual and _partner(_partner(t)) == t
 )
-NO_AXIS_WORDS = ["the", "a", "doctor", "walked", "manager", "history", "shepherd", "heroic", "mankind", "kingdom",
+NO_AXIS_WORDS = ["the", "a", "an", "doctor", "walked", "manager", "history", "shepherd", "heroic", "mankind", "kingdom",
                  "sonnet", "human", "therapist", "hemisphere", "mention", "shell", "themselves", "wizardry"]
 SEPARATORS = [" ", ", ", ". ", "! ", "; ", " - ", "'s ", " (", ") ", '" ']
 CASES = [str.lower, str.title, str.upper]
@@ -38,10 +38,36 @@ def texts(draw, words: list[str]) -> str:
     return "".join(case(word) + sep for word, case, sep in parts)
 
 
+ARTICLE = re.compile(r"\b(an?)(\s+)(?=(\w+))", re.IGNORECASE)
+
+
+def grammatical(text: str) -> str:
+    """``text`` with every article "a"/"an" made to agree with the word after it: "an" before a vowel sound,
+    upper case only before an upper-case word."""
+
+    def fix(m: re.Match[str]) -> str:
+        old, word = m.group(1), m.group(3)
+        new = "an" if takes_an(word) else "a"
+        if old.isupper() and len(word) > 1 and word.isupper():
+            new = new.upper()
+        elif old[0].isupper():
+            new = new.capitalize()
+        return new + m.group(2)
+
+    return ARTICLE.sub(fix, text)
+
+
+def _without_articles(words: list[str]) -> list[str]:
+    return [w for w in words if w.lower() not in ("a", "an")]
+
+
 @settings(max_examples=300, deadline=None)
 @given(texts(ROUND_TRIP + NO_AXIS_WORDS))
 def test_binary_swap_round_trips(text: str) -> None:
-    assert swap(swap(text, GENDER), GENDER) == text
+    text = grammatical(text)
+    once = swap(text, GENDER)
+    assert swap(once, GENDER) == text
+    assert grammatical(once) == once  # the articles follow the swapped terms
 
 
 @settings(max_examples=300, deadline=None)
@@ -60,6 +86,8 @@ def test_swaps_never_split_or_merge_words(text: str) -> None:
     for old, new in zip(before, after, strict=True):
         if old.lower() in GENDER.lookup:
             assert new.lower() in GENDER.lookup and new.lower() != old.lower()
+        elif old.lower() in ("a", "an"):  # an article may follow the swapped word after it
+            assert new.lower() in ("a", "an")
         else:
             assert new == old
     assert re.sub(r"\w+", "", text) == re.sub(r"\w+", "", swap(text, GENDER))  # punctuation and spaces untouched
@@ -105,11 +133,12 @@ def test_any_binary_axis_round_trips(axis, data) -> None:
 @given(st.sampled_from(sorted(MULTI)), st.data())
 def test_multi_class_shifts_cycle_back(name: str, data) -> None:
     axis = MULTI[name]
-    text = data.draw(texts(_cycles(axis) + NO_AXIS_WORDS))
+    text = grammatical(data.draw(texts(_cycles(axis) + NO_AXIS_WORDS)))
     k = len(axis.classes)
     shifted = text
     for _ in range(k):
         shifted = swap(shifted, axis)
+        assert grammatical(shifted) == shifted
     assert shifted == text
     assert swap(swap(text, axis, 1), axis, k - 1) == text
 

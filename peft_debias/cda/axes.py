@@ -94,6 +94,12 @@ class BiasAxis:
         alternatives = "|".join(r"\s+".join(map(re.escape, t.split())) for t in terms)
         return re.compile(rf"\b(?:{alternatives})\b", re.IGNORECASE)
 
+    @cached_property
+    def pattern_with_article(self) -> re.Pattern[str]:
+        """:attr:`pattern` with an optional article before the term: groups ``article`` (``a``/``an``), ``space``
+        and ``term``, so that a swap can make the article agree with the new term."""
+        return re.compile(rf"(?:\b(?P<article>an?)(?P<space>\s+))?(?P<term>{self.pattern.pattern})", re.IGNORECASE)
+
     @property
     def terms(self) -> list[str]:
         """All terms of the axis, sorted."""

@@ -13,7 +13,11 @@ Rules, all deterministic:
   follows ("her book" -> "his book") and ``him`` otherwise ("saw her." -> "saw him.", "gave her the key" -> "gave
   him the key"), and ``his`` becomes ``her`` before a content word and ``hers`` otherwise. A content word is any
   word not in the package's closed-class list (``data/function_words.txt``), so "her" before a verb
-  ("let her go") reads as possessive ("let his go"): a known limit of a rule without a parser.
+  ("let her go") reads as possessive ("let his go"): a known limit of a rule without a parser;
+* an article right before a swapped term follows it: "an elder" -> "a youth", "A youth" -> "An elder". The choice
+  goes by the sound of the new term's first word (:func:`takes_an`: a vowel letter, except "one", "uni-", "eu-",
+  "use"..., which sound like "y"/"w"; and a silent "h" as in "hour", "honest", "heir"). An article that did not
+  agree with the old term by that rule is left as it is, so swapping twice restores a text whose articles agree.
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ from peft_debias.core.errors import DebiasError
 CDA_MODES = ("all", "one")
 Mode = Literal["all", "one"]
 _NEXT_WORD = re.compile(r"\s+([A-Za-z]+)")
+# words that start with a vowel letter but a consonant sound ("a university", "a one-off", "a European")
+_CONSONANT_SOUND = re.compile(r"one(?![a-z])|oneself|once|uni(?![nmd])|us[eu]|ut[aeio]|ur[aeiou]|eu|ewe|ubiq")
+# words that start with a silent h ("an hour", "an honest", "an heir")
+_SILENT_H = ("hour", "honest", "honor", "honour", "heir")
 
 
 @cache
@@ -50,6 +58,26 @@ def _match_case(source: str, target: str) -> str:
     return target
 
 
+def takes_an(word: str) -> bool:
+    """Whether ``word`` takes the article "an" (it starts with a vowel sound) rather than "a"."""
+    word = word.lower()
+    if word.startswith(_SILENT_H):
+        return True
+    return word[:1] in ("a", "e", "i", "o", "u") and _CONSONANT_SOUND.match(word) is None
+
+
+def _article(old: str, term: str, new_term: str) -> str:
+    """The article ``old`` ("a"/"an" in any case) for ``new_term`` in place of ``term``: changed only when ``old``
+    agreed with ``term``. Its case is kept: upper case before an upper-case term ("AN ELDER" -> "A YOUTH"),
+    else capitalised or not as it was."""
+    if (old.lower() == "an") != takes_an(term):
+        return old
+    new = "an" if takes_an(new_term) else "a"
+    if old.isupper() and len(term) > 1 and term.isupper():
+        return new.upper()
+    return new.capitalize() if old[0].isupper() else new
+
+
 def _group_for(axis: BiasAxis, term: str, text: str, end: int) -> tuple[int, tuple[str, ...]]:
     rule = axis.contextual.get(term)
     if rule is None:
@@ -65,11 +93,15 @@ def swap(text: str, axis: str | BiasAxis, shift: int = 1) -> str:
     k = len(axis.classes)
 
     def replace(m: re.Match[str]) -> str:
-        term = " ".join(m.group(0).lower().split())
+        found = m.group("term")
+        term = " ".join(found.lower().split())
         cls, group = _group_for(axis, term, text, m.end())
-        return _match_case(m.group(0), group[(cls + shift) % k])
+        new = _match_case(found, group[(cls + shift) % k])
+        if m.group("article") is None:
+            return new
+        return _article(m.group("article"), found, new) + m.group("space") + new
 
-    return axis.pattern.sub(replace, text)
+    return axis.pattern_with_article.sub(replace, text)
 
 
 def counterfactuals(text: str, axis: str | BiasAxis, mode: Mode = "all") -> list[str]:
