@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from peft_debias.cda.corpora import iter_sentences, sniff_text_format, split_sentences
+from peft_debias.cda.corpora import iter_sentences, sniff_text_format, split_sentences, utf8_error_at
 from peft_debias.cda.dataset import CDAConfig, build_cda_dataset, flatten_for_lm
 from peft_debias.core.errors import DebiasError
 
@@ -104,6 +104,38 @@ def test_bad_jsonl_line_is_named(tmp_path: Path) -> None:
     path.write_text('{"text": "He is here today."}\n{oops\n')
     with pytest.raises(DebiasError, match=r"c.jsonl:2 is not a JSON object"):
         build_cda_dataset(path, axis="gender")
+
+
+def _past_the_head(suffix: str) -> bytes:
+    """A corpus whose first 64 KiB are clean UTF-8 (multi-byte characters included) and whose line 2,001 has a
+    Latin-1 byte: the check of the head passes, the stream fails."""
+    line = {".jsonl": '{"text": "He met the café owner, number %d."}', ".csv": '"He met the café owner, number %d."'}
+    template = line.get(suffix, "He met the café owner, number %d.")
+    head = "text\n" if suffix == ".csv" else ""
+    lines = [template % i for i in range(2000 - bool(head))]
+    good = (head + "\n".join(lines) + "\n").encode()
+    assert len(good) > 65536
+    return good + template.replace("%d", "x").encode("latin-1") + b"\n"
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".txt"])
+def test_a_bad_byte_past_the_first_64_kib_names_line_and_byte(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"c{suffix}"
+    path.write_bytes(content := _past_the_head(suffix))
+    byte = content.index("é".encode("latin-1"), len(content) - 100)
+    with pytest.raises(DebiasError, match=rf"c\{suffix} is not UTF-8 text \(line 2001, byte {byte}\); convert it"):
+        build_cda_dataset(path, axis="gender")
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 7, 64, 1 << 20])
+def test_utf8_error_at_finds_the_first_bad_byte_in_any_chunking(tmp_path: Path, chunk: int) -> None:
+    path = tmp_path / "t.txt"
+    path.write_bytes("a€b\nçé\n".encode() + b"x\xe2\x82y\n\xff")  # a cut euro sign on line 3, at byte 12
+    assert utf8_error_at(path, chunk) == (3, 12)
+    path.write_bytes("a€b\nçé\n€".encode())
+    assert utf8_error_at(path, chunk) is None
+    path.write_bytes("a€b\nç".encode()[:-1])  # the file ends inside a character
+    assert utf8_error_at(path, chunk) == (2, 6)
 
 
 def test_missing_corpus_and_offline_hub_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -102,6 +102,34 @@ def _refuse_special(path: Path, kind: str) -> DebiasError:
     return DebiasError(f"corpus {path} is a {kind}, not a regular file or folder", "pass text files or folders of them")
 
 
+def utf8_error_at(path: Path, chunk: int = 1 << 20) -> tuple[int, int] | None:
+    """``(line, byte offset)`` of the first byte of ``path`` that is not valid UTF-8 (a truncated last character
+    included), or None. Reads in chunks, so memory stays flat on files without newlines."""
+    carry, base, line = b"", 0, 1
+    with path.open("rb") as fh:
+        while True:
+            block = fh.read(chunk)
+            data = carry + block
+            try:
+                data.decode("utf-8")
+                good, bad = len(data), None
+            except UnicodeDecodeError as err:
+                good, bad = err.start, err
+            if bad is not None and (not block or bad.end < len(data) or bad.reason != "unexpected end of data"):
+                return line + data.count(b"\n", 0, good), base + good
+            if not block:
+                return None
+            line += data.count(b"\n", 0, good)
+            carry, base = data[good:], base + good
+
+
+def not_utf8(path: Path, what: str = "corpus file") -> DebiasError:
+    """The error for a file with bytes that are not UTF-8, naming the first one's line and byte offset."""
+    where = utf8_error_at(path)
+    at = f" (line {where[0]}, byte {where[1]})" if where else ""
+    return DebiasError(f"{what} {path} is not UTF-8 text{at}", "convert it to UTF-8 (e.g. iconv -t utf-8)")
+
+
 def _open_text(path: Path):
     kind = _file_kind(path)
     if kind != "file":
@@ -116,10 +144,17 @@ def _open_text(path: Path):
         head.decode("utf-8")
     except UnicodeDecodeError as err:
         if len(head) < 65536 or err.start < len(head) - 4:  # a character cut at the 64 KiB edge is fine
-            raise DebiasError(
-                f"corpus file {path} is not UTF-8 text (byte {err.start})", "convert it to UTF-8 (e.g. iconv -t utf-8)"
-            ) from err
+            raise not_utf8(path) from err
     return path.open(encoding="utf-8-sig", errors="strict")
+
+
+def _lines(path: Path, fh) -> Iterator[str]:
+    """The lines of the open text file ``fh``; a byte that is not UTF-8 (found while streaming, past the checked
+    head) becomes a :class:`DebiasError` naming its line and byte offset."""
+    try:
+        yield from fh
+    except UnicodeDecodeError as err:
+        raise not_utf8(path) from err
 
 
 def _paragraphs(path: Path, text_format: str) -> Iterator[str]:
@@ -127,29 +162,29 @@ def _paragraphs(path: Path, text_format: str) -> Iterator[str]:
     with fh:
         lines: list[str] = []
         size = 0
-        try:
-            if text_format == "auto":
+        if text_format == "auto":
+            try:
                 text_format = sniff_text_format(fh.read(65536))
-                fh.seek(0)
-            started = text_format != "gutenberg"
-            for line in fh:
-                if not started:
-                    started = line.startswith("*** START OF")
+            except UnicodeDecodeError as err:
+                raise not_utf8(path) from err
+            fh.seek(0)
+        started = text_format != "gutenberg"
+        for line in _lines(path, fh):
+            if not started:
+                started = line.startswith("*** START OF")
+                continue
+            if text_format == "gutenberg" and line.startswith("*** END OF"):
+                break
+            if text_format == "wikitext" and _WIKI_HEADING.match(line):
+                line = ""
+            if line.strip():
+                lines.append(line.strip())
+                size += len(lines[-1])
+                if size < 100_000:  # bound memory on files without blank lines
                     continue
-                if text_format == "gutenberg" and line.startswith("*** END OF"):
-                    break
-                if text_format == "wikitext" and _WIKI_HEADING.match(line):
-                    line = ""
-                if line.strip():
-                    lines.append(line.strip())
-                    size += len(lines[-1])
-                    if size < 100_000:  # bound memory on files without blank lines
-                        continue
-                if lines:
-                    yield _finish_paragraph(" ".join(lines), text_format)
-                    lines, size = [], 0
-        except UnicodeDecodeError as err:
-            raise DebiasError(f"corpus file {path} is not UTF-8 text", "convert it to UTF-8") from err
+            if lines:
+                yield _finish_paragraph(" ".join(lines), text_format)
+                lines, size = [], 0
         if lines:
             yield _finish_paragraph(" ".join(lines), text_format)
 
@@ -166,7 +201,7 @@ def _records(path: Path, text_column: str) -> Iterator[str]:
     fh = _open_text(path)
     with fh:
         if path.suffix == ".csv":
-            reader = csv.DictReader(fh)
+            reader = csv.DictReader(_lines(path, fh))
             if text_column not in (reader.fieldnames or []):
                 raise DebiasError(
                     f"{path} has no column {text_column!r} (columns: {reader.fieldnames})",
@@ -175,7 +210,7 @@ def _records(path: Path, text_column: str) -> Iterator[str]:
             for row in reader:
                 yield row[text_column] or ""
             return
-        for lineno, line in enumerate(fh, 1):
+        for lineno, line in enumerate(_lines(path, fh), 1):
             if not line.strip():
                 continue
             try:
