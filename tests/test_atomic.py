@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -157,3 +161,76 @@ def test_a_safetensors_write_failure_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(SafetensorError, match="deserializing"), atomic_output(tmp_path / "model", directory=True):
         raise SafetensorError("Error while deserializing header: HeaderTooLarge")  # a broken input, not a write
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- scratch folders (the CDA Arrow tables): removed at exit, a killed process's leftovers by the next process
+
+
+@pytest.fixture
+def processes() -> Iterator[tuple[int, int]]:
+    """The id of a process that has exited and of one that is still running (killed after the test)."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield dead.pid, live.pid
+    live.kill()
+    live.wait()
+
+
+def test_only_our_stale_scratch_folders_of_gone_processes_are_removed(tmp_path: Path, processes) -> None:
+    from peft_debias.core.atomic import _HOST, remove_stale_scratch
+
+    dead, live = processes
+    other_host = "000000" if _HOST != "000000" else "111111"
+
+    def folder(name: str) -> Path:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "data-00000.arrow").write_bytes(b"arrow")
+        return tmp_path / name
+
+    leftover = folder(f"peft-debias-cda-{_HOST}-{dead}-k1l2m3n4")
+    kept = [
+        folder(f"peft-debias-cda-{_HOST}-{live}-k1l2m3n4"),  # a live run's
+        folder(f"peft-debias-cda-{_HOST}-{os.getpid()}-k1l2m3n4"),  # this process's own
+        folder(f"peft-debias-cda-{other_host}-{dead}-k1l2m3n4"),  # another host's (a shared TMPDIR)
+        folder(f"peft-debias-other-{_HOST}-{dead}-k1l2m3n4"),  # another prefix
+        folder("peft-debias-cda-k1l2m3n4"),  # no process id: nobody can tell whether it is in use
+    ]
+    (tmp_path / f"peft-debias-cda-{_HOST}-{dead}-file").write_text("not a folder")
+    kept.append(tmp_path / f"peft-debias-cda-{_HOST}-{dead}-file")
+    if os.getuid() == 0:  # a folder of another user is never touched, even when its process is gone
+        kept.append(folder(f"peft-debias-cda-{_HOST}-{dead}-otheruser"))
+        os.chown(kept[-1], 65534, 65534)
+    assert remove_stale_scratch("peft-debias-cda-", tmp_path) == [leftover]
+    assert sorted(tmp_path.iterdir()) == sorted(kept)
+
+
+def test_a_scratch_folder_names_its_process_and_clears_leftovers(tmp_path: Path, processes, monkeypatch) -> None:
+    from peft_debias.core.atomic import _HOST, scratch_folder
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead, live = processes
+    (tmp_path / f"peft-debias-cda-{_HOST}-{dead}-k1l2m3n4").mkdir()
+    (tmp_path / f"peft-debias-cda-{_HOST}-{live}-k1l2m3n4").mkdir()
+    made = scratch_folder("peft-debias-cda-")
+    assert made.parent == tmp_path and made.is_dir() and not any(made.iterdir())
+    assert made.name.startswith(f"peft-debias-cda-{_HOST}-{os.getpid()}-")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([made.name, f"peft-debias-cda-{_HOST}-{live}-k1l2m3n4"])
+
+
+def test_a_cda_table_folder_goes_on_error_and_stays_while_in_use(tmp_path: Path, monkeypatch) -> None:
+    from peft_debias.cda.dataset import build_cda_dataset
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The dog sat on the mat all day.\n")
+    with pytest.raises(DebiasError, match="no sentence mentioning axis"):
+        build_cda_dataset(corpus, axis="gender")
+    assert list(scratch.iterdir()) == []
+    corpus.write_text("He sat on the mat all day.\n")
+    ds, _ = build_cda_dataset(corpus, axis="gender")
+    (folder,) = scratch.iterdir()
+    assert folder.name.startswith("peft-debias-cda-") and f"-{os.getpid()}-" in folder.name
+    assert ds["counterfactuals"] == [["She sat on the mat all day."]]

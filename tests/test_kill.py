@@ -7,7 +7,7 @@ exist or must be complete and equal to the output of an uninterrupted run. Then:
 * ``train --resume`` continues from the last checkpoint and ends with the very adapter of an uninterrupted run
   (``torch.equal`` on every tensor, CPU), and the same training log;
 * a ``vector`` stream merge or a ``cda`` run is simply rerun; the temporary siblings the killed runs could not
-  remove are cleaned up by the next run.
+  remove are cleaned up by the next run, and so are the CDA tables they left in ``$TMPDIR``.
 
 The default runs kill each command twice (once while it starts, once while it works); the ``slow`` variants six
 times, and a ``slow`` test does the same to ``merge`` and ``eval --output``. Every kill must land: a command that
@@ -267,8 +267,11 @@ def test_cda_killed_leaves_nothing_and_reruns(tmp_path: Path, kills: int) -> Non
         if out.exists():
             assert out.read_bytes() == reference
             break
-    if not out.exists():
-        run_to_end(args(out), tmp_path)
+    # the killed runs' CDA tables ($TMPDIR/peft-debias-cda-<host>-<pid>-*) outlive them; the next run removes them,
+    # and a run that ends removes its own
+    assert len(list(tmp_path.glob("peft-debias-cda-*"))) >= 1, "no kill landed after the CDA table was written"
+    run_to_end(args(out if not out.exists() else tmp_path / "again.jsonl"), tmp_path)
+    assert list(tmp_path.glob("peft-debias-cda-*")) == []
     assert out.read_bytes() == reference
     assert temporaries(out) == []
 

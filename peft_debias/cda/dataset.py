@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import hashlib
 import logging
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -19,10 +17,12 @@ from tqdm.auto import tqdm
 from peft_debias.cda.axes import get_axis
 from peft_debias.cda.corpora import iter_sentences
 from peft_debias.cda.swapping import CDA_MODES, counterfactuals
+from peft_debias.core.atomic import scratch_folder
 from peft_debias.core.bounds import check_minimums
 from peft_debias.core.errors import DebiasError, one_line
 
 logger = logging.getLogger(__name__)
+CDA_SCRATCH_PREFIX = "peft-debias-cda-"
 
 
 @dataclass
@@ -144,18 +144,29 @@ def build_cda_dataset(
 
     Columns: ``id`` (position in the corpus), ``text`` (the original sentence), ``counterfactuals`` (its
     counterfactual versions; empty for sentences kept by ``keep_ratio``). Use :func:`flatten_for_lm` to get one
-    training text per row. The Arrow files go to ``cache_dir`` (default: a temporary folder removed at exit).
+    training text per row. The Arrow files go to ``cache_dir`` (default: a temporary folder
+    ``$TMPDIR/peft-debias-cda-<host>-<pid>-*``, removed at exit or on error; one left by a killed run is removed by
+    the next run, see :func:`peft_debias.core.atomic.scratch_folder`).
     """
-    import datasets
-
     config = config or CDAConfig()
     for key, value in overrides.items():
         setattr(config, key, value)
     config.validate()
     sources = [sources] if isinstance(sources, (str, Path)) else list(sources)
+    scratch = cache_dir is None
     if cache_dir is None:
-        cache_dir = tempfile.mkdtemp(prefix="peft-debias-cda-")
-        atexit.register(shutil.rmtree, cache_dir, True)
+        cache_dir = scratch_folder(CDA_SCRATCH_PREFIX)
+    try:
+        return _build(sources, config, cache_dir, progress)
+    except BaseException:
+        if scratch:  # nothing uses the half-built table: remove it now rather than at exit
+            shutil.rmtree(cache_dir, ignore_errors=True)
+        raise
+
+
+def _build(sources: list[str | Path], config: CDAConfig, cache_dir: str | Path, progress: bool):
+    import datasets
+
     stats = CDAStats()
 
     def generate():

@@ -3,10 +3,14 @@
 A reader of the destination sees either nothing or a complete result, even if the writer is killed. A writer
 killed with SIGKILL cannot clean up: its temporary sibling (named after the host and process id) is removed by the
 next write to the same destination once that process is gone.
+
+Scratch folders (:func:`scratch_folder`, e.g. the CDA Arrow tables) follow the same rule: named after the host and
+process id, removed at exit, and a killed process's leftovers are removed by the next one that makes such a folder.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import hashlib
@@ -14,6 +18,8 @@ import os
 import re
 import shutil
 import socket
+import stat
+import tempfile
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -104,7 +110,8 @@ def _tmp_sibling(dest: Path, tag: str = "") -> Path:
     return dest.absolute().parent / f".{dest.name}{_TMP_MARK}{tag}{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists (on this host)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -123,8 +130,42 @@ def remove_stale_temporaries(dest: str | os.PathLike) -> list[Path]:
     with contextlib.suppress(OSError):
         for path in dest.parent.iterdir():
             match = pattern.match(path.name)
-            if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+            if match and int(match.group(1)) != os.getpid() and not process_alive(int(match.group(1))):
                 _remove(path)
+                removed.append(path)
+    return removed
+
+
+def scratch_folder(prefix: str) -> Path:
+    """A new, empty temporary folder ``$TMPDIR/<prefix><host>-<pid>-<random>``, removed when this process exits;
+    the leftovers of killed processes are removed first (:func:`remove_stale_scratch`)."""
+    remove_stale_scratch(prefix)
+    path = Path(tempfile.mkdtemp(prefix=f"{prefix}{_HOST}-{os.getpid()}-"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+def remove_stale_scratch(prefix: str, root: str | os.PathLike | None = None) -> list[Path]:
+    """Remove the scratch folders named ``<prefix><host>-<pid>-*`` under ``root`` (default ``$TMPDIR``) that this
+    user owns and whose process, on this host, is gone; returns what was removed. Folders of live processes, of
+    other users and of other hosts are kept."""
+    root = Path(root if root is not None else tempfile.gettempdir())
+    pattern = re.compile(re.escape(prefix) + rf"{_HOST}-(\d+)-[A-Za-z0-9_]+$")
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    removed = []
+    with contextlib.suppress(OSError):
+        for path in root.iterdir():
+            match = pattern.match(path.name)
+            if not match or int(match.group(1)) == os.getpid():
+                continue
+            try:
+                info = path.lstat()
+            except OSError:
+                continue
+            if not stat.S_ISDIR(info.st_mode) or (uid is not None and info.st_uid != uid):
+                continue
+            if not process_alive(int(match.group(1))):
+                shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
     return removed
 

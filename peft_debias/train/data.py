@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from peft_debias.train.config import TrainConfig
@@ -63,7 +64,9 @@ class Corpus:
     axis: Any
 
 
-def read_corpus(config: TrainConfig, texts: list[str] | None, accelerator) -> Corpus:
+def read_corpus(config: TrainConfig, texts: list[str] | None, accelerator, cache_dir: Path | None = None) -> Corpus:
+    """The run's text: ``texts`` split into train and held-out, or the CDA records of the corpus (their Arrow
+    files under ``cache_dir``, default a temporary folder removed at exit)."""
     if texts is not None:
         train, held_out = split_sentences(texts, config.eval_fraction, config.seed, config.eval_max_rows)
         stats = {"train_sentences": len(train), "held_out_sentences": len(held_out)}
@@ -74,7 +77,7 @@ def read_corpus(config: TrainConfig, texts: list[str] | None, accelerator) -> Co
     axis = get_axis(config.axis)
     with accelerator.main_process_first():
         progress = config.progress and accelerator.process_index == 0
-        ds, cda_stats = build_cda_dataset(config.corpus, config.cda_config(), progress=progress)
+        ds, cda_stats = build_cda_dataset(config.corpus, config.cda_config(), cache_dir, progress=progress)
     n_eval = min(config.eval_max_rows, int(len(ds) * config.eval_fraction)) if len(ds) > 1 else 0
     return Corpus(ds.select(range(n_eval, len(ds))), ds.select(range(n_eval)), cda_stats.to_dict(), axis)
 

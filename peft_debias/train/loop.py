@@ -29,7 +29,8 @@ from typing import Any
 
 import torch
 
-from peft_debias.core.atomic import check_not_input
+from peft_debias.cda.dataset import CDA_SCRATCH_PREFIX
+from peft_debias.core.atomic import check_not_input, scratch_folder
 from peft_debias.core.errors import DebiasError
 from peft_debias.core.fingerprints import float_params_digest
 from peft_debias.train import work as work_files
@@ -255,7 +256,19 @@ def run_training(
             "--multi_gpu --num_processes N) or the world_size setting",
         )
     set_seed(config.seed)
-    corpus = read_corpus(config, texts, accelerator)  # before the (possibly large) model: a bad corpus fails fast
+    cache = None if texts is not None else scratch_folder(CDA_SCRATCH_PREFIX)
+    try:  # the CDA table is read into rows before training: its folder goes when the run ends, however it ends
+        result = _train_and_write(config, work, accelerator, texts, cache, write, step_callback)
+    finally:
+        if cache is not None:
+            shutil.rmtree(cache, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return result
+
+
+def _train_and_write(config: TrainConfig, work: Path, accelerator, texts, cache, write, step_callback) -> TrainResult:
+    """Read the corpus (CDA tables under ``cache``), load and wrap the model, train, and write the output."""
+    corpus = read_corpus(config, texts, accelerator, cache)  # before the (possibly large) model: fails fast
     prepared = _load_model(config)
     rows = training_rows(corpus.train, prepared.objective, config.cda)
     if not rows:
@@ -273,7 +286,6 @@ def run_training(
         )  # fmt: skip
         (write or write_artifact)(trained)
         shutil.rmtree(work, ignore_errors=True)
-    accelerator.wait_for_everyone()
     return result
 
 
