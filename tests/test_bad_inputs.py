@@ -22,6 +22,7 @@ import os
 import resource
 import shutil
 import signal
+import tempfile
 import unittest.mock
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -398,6 +399,24 @@ def _damaged_resume(ctx: Ctx, damage: str) -> list[str]:
     return [*_train(ctx, "--resume"), "--output", str(ctx.out)]
 
 
+# ---- hostile inputs (part 1): helpers of the rows in the block of the same name below
+
+
+def late_bad_utf8(ctx: Ctx, name: str = "late.jsonl") -> str:
+    """A JSONL (or text) corpus whose first 64 KiB are clean and whose line 3,001 (6,001 in text) has a Latin-1 byte."""
+    line = "He met the doctor, number %d.\n\n"
+    if name.endswith(".jsonl"):
+        line = '{"text": "He met the doctor, number %d."}\n'
+    clean = "".join(line % i for i in range(3000)).encode()
+    assert len(clean) > 65536
+    return ctx.file(name, clean + (line % 0).replace("doctor", "caf\u00e9 owner").encode("latin-1"))
+
+
+def scratch_folders() -> list[Path]:
+    """This process's CDA tables in $TMPDIR (a row must leave none behind)."""
+    return sorted(Path(tempfile.gettempdir()).glob(f"peft-debias-cda-*-{os.getpid()}-*"))
+
+
 Row = tuple[str, Callable[[Ctx], list[str]], str]
 # fmt: off
 CATALOGUE: list[Row] = [
@@ -599,6 +618,16 @@ CATALOGUE: list[Row] = [
     ("demo-output-parent-is-a-file", lambda c: _demo(c, "--output", c.file("f", "x") + "/demo"), "is not a folder"),
     ("eval-report-fails-after-results", lambda c: _failing_move(c, "report.md") or _eval(c, "--report", str(
         c.out.with_name("report.md"))), "no space left on the device while writing"),
+    # ---- hostile inputs (part 1): a bad byte past the checked head, axis file shapes, absurd sizes, numbers
+    ("cda-bad-utf8-after-64-kib-jsonl", lambda c: _cda(c, late_bad_utf8(c)),
+     "late.jsonl is not UTF-8 text (line 3001, byte "),
+    ("cda-bad-utf8-after-64-kib-text", lambda c: _cda(c, late_bad_utf8(c, "late.txt")),
+     "late.txt is not UTF-8 text (line 6001, byte"),
+    ("train-bad-utf8-after-64-kib", lambda c: _train(c, corpus=late_bad_utf8(c)),
+     "late.jsonl is not UTF-8 text (line 3001, byte"),
+    ("biased-bad-utf8-after-64-kib",
+     lambda c: ["biased", "--base", c.m("llama"), "--output", str(c.out), "--corpus", late_bad_utf8(c), "--max-steps",
+                "1"], "late.jsonl is not UTF-8 text (line 3001, byte"),
 ]
 # fmt: on
 
@@ -645,7 +674,9 @@ def test_bad_input(run_row, bad, builder, message: str) -> None:
 
         return wrapped
 
+    scratch = scratch_folders()
     ctx, code, _, err = run_row(snapshot_then(builder))
+    assert scratch_folders() == scratch, "a CDA table was left in $TMPDIR"
     lines = err.strip().splitlines()
     assert code == 2, err
     assert len(lines) == 1, err
