@@ -412,6 +412,12 @@ def late_bad_utf8(ctx: Ctx, name: str = "late.jsonl") -> str:
     return ctx.file(name, clean + (line % 0).replace("doctor", "caf\u00e9 owner").encode("latin-1"))
 
 
+def axis_file(ctx: Ctx, **change: object) -> str:
+    """A small gender-like axis file with ``change`` applied to its keys."""
+    axis = {"name": "toy", "classes": ["m", "f"], "groups": [["he", "she"], ["his", "her"]], **change}
+    return ctx.file("toy.json", json.dumps(axis))
+
+
 def scratch_folders() -> list[Path]:
     """This process's CDA tables in $TMPDIR (a row must leave none behind)."""
     return sorted(Path(tempfile.gettempdir()).glob(f"peft-debias-cda-*-{os.getpid()}-*"))
@@ -628,6 +634,18 @@ CATALOGUE: list[Row] = [
     ("biased-bad-utf8-after-64-kib",
      lambda c: ["biased", "--base", c.m("llama"), "--output", str(c.out), "--corpus", late_bad_utf8(c), "--max-steps",
                 "1"], "late.jsonl is not UTF-8 text (line 3001, byte"),
+    ("cda-axis-contextual-as-a-list",
+     lambda c: _cda(c, str(c.bad["corpus"]), "--axis", axis_file(c, contextual=["her"])),
+     'toy.json: contextual is a list (["her"]), expected an object mapping a term to'),
+    ("cda-axis-group-as-a-string", lambda c: _cda(c, str(c.bad["corpus"]), "--axis", axis_file(c, groups=["he she"])),
+     'toy.json: groups[0] is a string ("he she"), expected a list of non-empty strings'),
+    ("cda-axis-yaml-boolean-term",
+     lambda c: _cda(c, str(c.bad["corpus"]), "--axis", c.file("toy.yaml", "name: toy\nclasses: [a, b]\n"
+                                                                        "groups:\n  - [yes, no]\n")),
+     "toy.yaml: groups[0][0] is a boolean (true), expected a non-empty string"),
+    ("train-axis-rule-without-otherwise",
+     lambda c: _train(c, "--axis", axis_file(c, contextual={"he": {"before_word": ["he", "she"]}})),
+     "toy.json: contextual.he is an object"),
 ]
 # fmt: on
 

@@ -133,34 +133,104 @@ class BiasAxis:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "axis definition") -> BiasAxis:
-        """Build an axis from :meth:`to_dict`-shaped data; ``source`` names the origin in error messages."""
-        if not isinstance(data, Mapping):
-            raise DebiasError(f"{source} is not a mapping", "write an object with 'name', 'classes' and 'groups'")
-        missing = [k for k in ("name", "classes", "groups") if k not in data]
-        if missing:
-            raise DebiasError(f"{source} lacks {', '.join(repr(k) for k in missing)}", "add the missing keys")
-        try:
-            groups = tuple(tuple(str(t).strip().lower() for t in g) for g in data["groups"])
-            contextual = {
-                str(term).lower(): ContextRule(
-                    tuple(str(t).lower() for t in rule["before_word"]),
-                    tuple(str(t).lower() for t in rule["otherwise"]),
-                )
-                for term, rule in (data.get("contextual") or {}).items()
-            }
-            classes = tuple(str(c) for c in data["classes"])
-        except (TypeError, KeyError) as err:
-            raise DebiasError(
-                f"{source} is malformed ({one_line(err)})",
-                "'groups' is a list of lists of words; contextual rules have 'before_word' and 'otherwise'",
-            ) from err
+        """Build an axis from :meth:`to_dict`-shaped data; ``source`` names the origin in error messages.
+
+        The shape is checked first (:func:`check_axis_shape`): a wrong type anywhere is one error naming the key."""
+        check_axis_shape(data, source)
+        contextual = {
+            term.strip().lower(): ContextRule(
+                tuple(t.strip().lower() for t in rule["before_word"]),
+                tuple(t.strip().lower() for t in rule["otherwise"]),
+            )
+            for term, rule in (data.get("contextual") or {}).items()
+        }
         return cls(
-            name=str(data["name"]),
-            classes=classes,
-            groups=groups,
+            name=data["name"],
+            classes=tuple(data["classes"]),
+            groups=tuple(tuple(t.strip().lower() for t in g) for g in data["groups"]),
             contextual=contextual,
-            description=str(data.get("description", "")),
+            description=data.get("description") or "",
         )
+
+
+_WORDS = "a list of non-empty strings"
+_RULE = '{"before_word": [group], "otherwise": [group]}'
+# key -> (required, expected shape): the axis file format, as the errors describe it
+AXIS_KEYS = {
+    "name": (True, "a non-empty string"),
+    "description": (False, "a string"),
+    "classes": (True, "a list of at least two non-empty strings"),
+    "groups": (True, "a non-empty list of groups, each a list of non-empty strings (one term per class)"),
+    "contextual": (False, f"an object mapping a term to {_RULE}"),
+}
+
+
+def _what(value: Any) -> str:
+    """How a JSON/YAML value reads in an error: its kind, and a short excerpt."""
+    kinds = [(bool, "a boolean"), (str, "a string"), (int, "a number"), (float, "a number"), (list, "a list")]
+    kind = next((name for t, name in kinds if isinstance(value, t)), None)
+    if value is None:
+        return "null"
+    if isinstance(value, Mapping):
+        kind = "an object"
+    elif isinstance(value, str) and not value.strip():
+        return "an empty string"
+    return f"{kind or type(value).__name__} ({one_line(json.dumps(value, default=str), 60)})"
+
+
+def _shape_error(source: str, key: str, value: Any, expected: str) -> DebiasError:
+    return DebiasError(
+        f"{source}: {key} is {_what(value)}, expected {expected}",
+        "fix that key (the built-in axes in peft_debias/data/axes/ show the format)",
+    )
+
+
+def _words(source: str, key: str, value: Any, expected: str = _WORDS) -> None:
+    if not isinstance(value, list | tuple):  # tuples: an axis given in code
+        raise _shape_error(source, key, value, expected)
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            raise _shape_error(source, f"{key}[{i}]", item, "a non-empty string")
+
+
+def check_axis_shape(data: Any, source: str = "axis definition") -> None:
+    """Refuse axis data whose shape is wrong (:data:`AXIS_KEYS`): not an object, a missing or unknown key, a value
+    of the wrong type, an empty string. The error names ``source``, the key (``groups[3][1]``,
+    ``contextual.her.before_word``) and the expected shape."""
+    if not isinstance(data, Mapping):
+        raise DebiasError(
+            f"{source} is {_what(data)}, not an object", "write an object with 'name', 'classes' and 'groups'"
+        )
+    unknown = sorted(str(k) for k in data if k not in AXIS_KEYS)
+    if unknown:
+        raise DebiasError(
+            f"{source} has unknown keys {unknown}", f"use only {', '.join(AXIS_KEYS)} (check the spelling)"
+        )
+    missing = [k for k, (required, _) in AXIS_KEYS.items() if required and k not in data]
+    if missing:
+        raise DebiasError(f"{source} lacks {', '.join(repr(k) for k in missing)}", "add the missing keys")
+    if not isinstance(data["name"], str) or not data["name"].strip():
+        raise _shape_error(source, "name", data["name"], AXIS_KEYS["name"][1])
+    if data.get("description") is not None and not isinstance(data["description"], str):
+        raise _shape_error(source, "description", data["description"], AXIS_KEYS["description"][1])
+    _words(source, "classes", data["classes"], AXIS_KEYS["classes"][1])
+    groups = data["groups"]
+    if not isinstance(groups, list | tuple) or not groups:
+        raise _shape_error(source, "groups", groups, AXIS_KEYS["groups"][1])
+    for i, group in enumerate(groups):
+        _words(source, f"groups[{i}]", group, "a list of non-empty strings, one term per class")
+    contextual = data.get("contextual")
+    if contextual is None:
+        return
+    if not isinstance(contextual, Mapping):
+        raise _shape_error(source, "contextual", contextual, AXIS_KEYS["contextual"][1])
+    for term, rule in contextual.items():
+        if not isinstance(term, str) or not term.strip():
+            raise _shape_error(source, "a contextual term", term, "a non-empty string")
+        if not isinstance(rule, Mapping) or set(rule) != {"before_word", "otherwise"}:
+            raise _shape_error(source, f"contextual.{term}", rule, _RULE)
+        for key in ("before_word", "otherwise"):
+            _words(source, f"contextual.{term}.{key}", rule[key], "a group: a list of non-empty strings")
 
 
 def load_axis_file(path: str | Path) -> BiasAxis:
