@@ -105,3 +105,44 @@ def test_the_python_api_refuses_numbers_below_their_bound(tmp_path, values: dict
 
 def test_zero_means_never_for_eval_and_save_every() -> None:
     TrainConfig(base="b", corpus=["c"], output="o", eval_every=0, save_every=0, eval_max_rows=0).validate()
+
+
+def test_sizes_the_base_cannot_hold_are_refused_before_anything_loads(tiny_models, tmp_path, monkeypatch) -> None:
+    """Virtual tokens that fill the positions, or a LoRA rank above the hidden size, are refused from the model's
+    config alone: neither the corpus nor the weights are read."""
+    import peft_debias.cda.dataset
+    import peft_debias.models.loading
+    from peft_debias import train_adapter
+
+    def never(*args, **kwargs):
+        raise AssertionError("loaded before the sizes were checked")
+
+    monkeypatch.setattr(peft_debias.models.loading, "load_model", never)
+    monkeypatch.setattr(peft_debias.cda.dataset, "build_cda_dataset", never)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("He is a doctor and she is a nurse.\n")
+    common = {"base": str(tiny_models["llama"]), "corpus": [str(corpus)], "output": str(tmp_path / "out")}
+    with pytest.raises(DebiasError, match=r"num_virtual_tokens 121 leaves no room for text in the 128 positions"):
+        train_adapter(**common, method="prompt", num_virtual_tokens=121)
+    with pytest.raises(DebiasError, match=r"use num_virtual_tokens <= 120"):
+        train_adapter(**common, method="prefix", num_virtual_tokens=500)
+    with pytest.raises(DebiasError, match=r"LoRA rank r 33 is above the hidden size 32 of .*; use r <= 32"):
+        train_adapter(**common, method="lora", r=33)
+    with pytest.raises(DebiasError, match=r"num_virtual_tokens 100000 is above 512"):
+        train_adapter(**common, method="prompt", num_virtual_tokens=100_000)
+    assert not (tmp_path / "out").exists()
+
+
+def test_check_method_fits_bounds() -> None:
+    from types import SimpleNamespace
+
+    from peft_debias.models.limits import check_method_fits
+
+    llama = SimpleNamespace(max_position_embeddings=128, hidden_size=32)
+    gpt2 = SimpleNamespace(n_positions=64, n_embd=16)  # GPT-2's own names
+    check_method_fits(llama, "m", prompt_learning=True, lora=False, r=1000, num_virtual_tokens=120)
+    check_method_fits(llama, "m", prompt_learning=False, lora=True, r=32, num_virtual_tokens=1000)
+    with pytest.raises(DebiasError, match="in the 64 positions of m; use num_virtual_tokens <= 56"):
+        check_method_fits(gpt2, "m", prompt_learning=True, lora=False, r=8, num_virtual_tokens=57)
+    with pytest.raises(DebiasError, match="hidden size 16"):
+        check_method_fits(gpt2, "m", prompt_learning=False, lora=True, r=17, num_virtual_tokens=24)

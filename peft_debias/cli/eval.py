@@ -15,9 +15,15 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from peft_debias.cli.options import at_least
+from peft_debias.cli.options import at_least, field_type
+from peft_debias.eval.benchmarks import EvalConfig
 
 HELP = "evaluate bias (SEAT, CrowS-Pairs, StereoSet) and LM quality; compare runs; plot result files"
+
+
+def bounds(name: str):
+    """The ``type=`` of an :class:`EvalConfig` number: its bounds are checked while parsing."""
+    return field_type(EvalConfig, name)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,10 +49,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--axes", help="comma list of gender, race, religion (default: all)")
     what.add_argument("--data-dir", help="data folder (default: $PEFT_DEBIAS_DATA; else the Hub, not for SEAT)")
     what.add_argument("--seat-tests", default="all", help="'all' (every file in seat/), 'axes', or a comma list")
-    what.add_argument("--n-samples", type=int, default=100_000, help="SEAT permutation samples (default 100000)")
-    what.add_argument("--n-bootstrap", type=int, default=10_000, help="bootstrap resamples (default 10000; 0: none)")
-    what.add_argument("--seed", type=int, default=0)
-    what.add_argument("--batch-size", type=int, default=32, help="sentences per forward (default 32)")
+    what.add_argument(
+        "--n-samples", type=bounds("n_samples"), default=100_000, help="SEAT permutation samples (default 100000)"
+    )
+    what.add_argument(
+        "--n-bootstrap", type=bounds("n_bootstrap"), default=10_000, help="bootstrap resamples (default 10000; 0: none)"
+    )
+    what.add_argument("--seed", type=bounds("seed"), default=0, help="seed of the permutation tests and bootstraps")
+    what.add_argument("--batch-size", type=bounds("batch_size"), default=32, help="sentences per forward (default 32)")
     what.add_argument(
         "--causal-bos",
         choices=["context", "separate"],
@@ -69,15 +79,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--crows-file", help="CrowS-Pairs CSV (default <data>/crows_pairs/crows_pairs_anonymized.csv)")
     what.add_argument("--stereoset-file", help="StereoSet dev.json or flattened JSONL (default under <data>/stereoset)")
     what.add_argument("--ppl-file", help="text for perplexity (default <data>/wikitext2/wiki.test.raw)")
-    what.add_argument("--ppl-max-tokens", type=int, help="tokens scored (default: causal 20000, masked 2000)")
-    what.add_argument("--ppl-window", type=int, help="window in tokens (default: causal 1024, masked 128)")
-    what.add_argument("--ppl-stride", type=int, help="causal window stride (default: window / 2)")
+    what.add_argument(
+        "--ppl-max-tokens", type=bounds("ppl_max_tokens"), help="tokens scored (default: causal 20000, masked 2000)"
+    )
+    what.add_argument(
+        "--ppl-window", type=bounds("ppl_window"), help="window in tokens (default: causal 1024, masked 128)"
+    )
+    what.add_argument("--ppl-stride", type=bounds("ppl_stride"), help="causal window stride (default: window / 2)")
     what.add_argument(
         "--split",
         choices=["select", "report"],
         help="score only this half of the CrowS/StereoSet items (tune on 'select', report 'report')",
     )
-    what.add_argument("--split-seed", type=int, default=0, help="seed of the item split (default 0)")
+    what.add_argument("--split-seed", type=bounds("split_seed"), default=0, help="seed of the item split (default 0)")
     what.add_argument("--threads", type=at_least(int, 1), help="torch CPU threads")
     what.add_argument("--no-progress", action="store_true", help="no progress bars")
     out = parser.add_argument_group("outputs")

@@ -2,8 +2,8 @@
 
 Options default to ``argparse.SUPPRESS`` so that only what the user typed overrides a recipe or the dataclass
 defaults; booleans get ``--x/--no-x``, list fields are repeatable, the field's ``metadata["help"]`` is the help text
-and ``metadata["min"]`` a lower bound checked while parsing (:func:`at_least`): an out-of-range number is a
-one-line usage error.
+and ``metadata["min"]`` / ``metadata["max"]`` bounds checked while parsing (:func:`bounded`): an out-of-range number
+is a one-line usage error.
 """
 
 from __future__ import annotations
@@ -23,17 +23,35 @@ def _base_type(hint: Any) -> Any:
     return hint
 
 
-def at_least(kind: Callable[[str], Any], minimum: float) -> Callable[[str], Any]:
-    """An argparse ``type=``: the text as ``kind`` (``int``, ``float``), refused when below ``minimum``."""
+def bounded(kind: Callable[[str], Any], minimum: float | None = None, maximum: float | None = None) -> Callable:
+    """An argparse ``type=``: the text as ``kind`` (``int``, ``float``), refused outside ``[minimum, maximum]``
+    (either may be None) or when it is NaN."""
 
     def convert(text: str) -> Any:
         value = kind(text)  # a ValueError is argparse's "invalid int value"
-        if value < minimum:
+        if value != value:
+            raise argparse.ArgumentTypeError(f"must be a number, not {text}")
+        if minimum is not None and value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, not {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, not {value}")
         return value
 
     convert.__name__ = getattr(kind, "__name__", "number")
     return convert
+
+
+def at_least(kind: Callable[[str], Any], minimum: float) -> Callable[[str], Any]:
+    """An argparse ``type=``: the text as ``kind``, refused when below ``minimum`` (see :func:`bounded`)."""
+    return bounded(kind, minimum)
+
+
+def field_type(cls: type, name: str) -> Callable[[str], Any]:
+    """The argparse ``type=`` of the numeric field ``name`` of the dataclass ``cls``: its type, with the bounds of
+    its metadata (``"min"``, ``"max"``), so an option written by hand checks what the config checks."""
+    f = next(f for f in fields(cls) if f.name == name)
+    kind = _base_type(typing.get_type_hints(cls)[name])
+    return bounded(kind, f.metadata.get("min"), f.metadata.get("max"))
 
 
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, hidden: Iterable[str] = ("progress",)) -> None:
@@ -52,8 +70,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, hidden: 
         elif typing.get_origin(kind) is list:
             parser.add_argument(flag, action="append", default=argparse.SUPPRESS, help=help_text + " (repeatable)")
         else:
-            minimum = f.metadata.get("min")
-            convert = kind if minimum is None else at_least(kind, minimum)
+            minimum, maximum = f.metadata.get("min"), f.metadata.get("max")
+            convert = kind if minimum is None and maximum is None else bounded(kind, minimum, maximum)
             parser.add_argument(flag, type=convert, default=argparse.SUPPRESS, help=help_text)
     if "progress" in hidden:
         parser.add_argument(

@@ -16,7 +16,9 @@ import argparse
 import logging
 from typing import Any
 
+from peft_debias.cli.options import at_least, bounded, field_type
 from peft_debias.core.errors import DebiasError
+from peft_debias.eval.benchmarks import EvalConfig
 
 HELP = "subtract a bias vector (biased model - base) from a base model, streamed; or sweep lambda"
 logger = logging.getLogger(__name__)
@@ -44,9 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--combine", default="sum", help="sum | projection | ties | dare_linear | dare_ties (comma list to compare)"
     )
     parser.add_argument("--weights", help="comma list of weights, one per --biased (default 1 each)")
-    parser.add_argument("--density", type=float, default=0.5, help="TIES/DARE density (default 0.5)")
+    parser.add_argument("--density", type=bounded(float, 0.0, 1.0), default=0.5, help="TIES/DARE density (default 0.5)")
     parser.add_argument("--majority-sign", default="total", choices=["total", "frequency"])
-    parser.add_argument("--seed", type=int, default=0, help="DARE seed")
+    parser.add_argument("--seed", type=at_least(int, 0), default=0, help="DARE seed")
     parser.add_argument("--as-adapter", action="store_true", help="write a negated LoRA adapter instead of a model")
     parser.add_argument("--shard-size", default="2GB", help="output shard size (default 2GB)")
     parser.add_argument("--allow-pickle", action="store_true", help="also read .bin/.pt pickle checkpoints")
@@ -56,11 +58,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sweep.add_argument("--benchmarks", default="crows,stereoset,perplexity", help="eval benchmarks per point")
     sweep.add_argument("--eval-axes", help="axes to evaluate (default: the vectors' axes)")
     sweep.add_argument("--data-dir", help="data folder (default $PEFT_DEBIAS_DATA)")
-    sweep.add_argument("--ppl-threshold", type=float, default=0.10, help="allowed perplexity increase (default 0.10)")
+    sweep.add_argument(
+        "--ppl-threshold", type=at_least(float, 0.0), default=0.10, help="allowed perplexity increase (default 0.10)"
+    )
     sweep.add_argument("--ppl-file", help="perplexity text (default: the eval suite's)")
-    sweep.add_argument("--ppl-max-tokens", type=int, help="tokens scored for perplexity")
-    sweep.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples for intervals")
-    sweep.add_argument("--batch-size", type=int, default=32, help="eval batch size")
+    sweep.add_argument(
+        "--ppl-max-tokens", type=field_type(EvalConfig, "ppl_max_tokens"), help="tokens scored for perplexity"
+    )
+    sweep.add_argument(
+        "--n-bootstrap",
+        type=field_type(EvalConfig, "n_bootstrap"),
+        default=1000,
+        help="bootstrap resamples for intervals",
+    )
+    sweep.add_argument("--batch-size", type=field_type(EvalConfig, "batch_size"), default=32, help="eval batch size")
     sweep.add_argument(
         "--split", choices=["select", "report"], help="score one half of the CrowS/StereoSet items (choose on select)"
     )

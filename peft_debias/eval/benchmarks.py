@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from peft_debias.core.bounds import check_bounds
 from peft_debias.core.errors import DebiasError
 from peft_debias.eval.handle import ModelHandle
 from peft_debias.eval.sources import DataSource, hub_rows, parse_names, sha256_of
@@ -26,10 +27,16 @@ class EvalConfig:
     seat_tests: str | list[str] = field(
         default="all", metadata={"help": "SEAT tests: 'all' files in seat/, 'axes' (the axes' tests) or names"}
     )
-    n_samples: int = field(default=100_000, metadata={"help": "SEAT permutation samples (exact if C(2n,n) <= this)"})
-    n_bootstrap: int = field(default=10_000, metadata={"help": "bootstrap resamples for the 95% intervals (0: none)"})
-    seed: int = field(default=0, metadata={"help": "seed of the permutation tests and bootstraps"})
-    batch_size: int = field(default=32, metadata={"help": "sentences per forward (masked copies: twice as many)"})
+    n_samples: int = field(
+        default=100_000, metadata={"help": "SEAT permutation samples (exact if C(2n,n) <= this)", "min": 1}
+    )
+    n_bootstrap: int = field(
+        default=10_000, metadata={"help": "bootstrap resamples for the 95% intervals (0: none)", "min": 0}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the permutation tests and bootstraps", "min": 0})
+    batch_size: int = field(
+        default=32, metadata={"help": "sentences per forward (masked copies: twice as many)", "min": 1}
+    )
     causal_bos: str = field(
         default="context", metadata={"help": "'context': score [BOS]+tokens; 'separate': bias-bench's two forwards"}
     )
@@ -46,14 +53,18 @@ class EvalConfig:
         default=None, metadata={"help": "StereoSet JSON/JSONL (default <data>/stereoset)"}
     )
     ppl_file: str | None = field(default=None, metadata={"help": "perplexity text (default <data>/wikitext2/...)"})
-    ppl_max_tokens: int | None = field(default=None, metadata={"help": "tokens scored (default causal 20k, masked 2k)"})
-    ppl_window: int | None = field(default=None, metadata={"help": "window (default causal 1024, masked 128)"})
-    ppl_stride: int | None = field(default=None, metadata={"help": "causal stride (default window / 2)"})
+    ppl_max_tokens: int | None = field(
+        default=None, metadata={"help": "tokens scored (default causal 20k, masked 2k)", "min": 1}
+    )
+    ppl_window: int | None = field(
+        default=None, metadata={"help": "window (default causal 1024, masked 128)", "min": 1}
+    )
+    ppl_stride: int | None = field(default=None, metadata={"help": "causal stride (default window / 2)", "min": 1})
     split: str | None = field(
         default=None,
         metadata={"help": "CrowS/StereoSet items: 'select' or 'report' half (eval/splits.py), None: all"},
     )
-    split_seed: int = field(default=0, metadata={"help": "seed of the select/report item split"})
+    split_seed: int = field(default=0, metadata={"help": "seed of the select/report item split", "min": 0})
     progress: bool | None = field(default=None, metadata={"help": "progress bars (None: only on a terminal)"})
 
     def validate(self) -> EvalConfig:
@@ -65,6 +76,7 @@ class EvalConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise DebiasError(f"{name} is {value!r}", "pass a positive integer")
+        check_bounds(self)  # the seeds (and the bounds above, as the CLI checks them while parsing)
         if self.ppl_window and self.ppl_stride and self.ppl_stride >= self.ppl_window:
             raise DebiasError(
                 f"perplexity stride {self.ppl_stride} is not below the window {self.ppl_window}",

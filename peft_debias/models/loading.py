@@ -310,6 +310,34 @@ def _kind_or_none(config: Any) -> ModelKind | None:
         return None
 
 
+def _no_conversion():
+    """Without this, transformers asks a Hub bot to convert pickle-only repos: a remote side effect."""
+    return mock.patch.dict(os.environ, {"DISABLE_SAFETENSORS_CONVERSION": "1"})
+
+
+def _config(source: _Source, name: str, revision: str | None, trust_remote_code: bool, extra: dict) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        with _no_conversion():
+            return AutoConfig.from_pretrained(
+                source.path, revision=revision, trust_remote_code=trust_remote_code, **extra
+            )
+    except Exception as err:
+        raise _load_error(source, name, err) from err
+
+
+def load_config(
+    name: str, *, revision: str | None = None, allow_pickle: bool = False, trust_remote_code: bool = False
+) -> Any:
+    """Only the transformers config of ``name`` (no weights), with the checks :func:`load_model` makes first:
+    enough to refuse settings the model cannot hold before anything large loads."""
+    source = _resolve(name)
+    if source.local:
+        _check_local_folder(Path(source.path), allow_pickle)
+    return _config(source, name, revision, trust_remote_code, {})
+
+
 def load_model(
     name: str,
     kind: ModelKind | str | None = None,
@@ -332,21 +360,14 @@ def load_model(
         trust_remote_code: run code shipped with the model; off by default.
         num_labels: set on the config, for a classification head built from it later.
     """
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
 
     source = _resolve(name)
     if source.local:
         _check_local_folder(Path(source.path), allow_pickle)
     extra = {} if num_labels is None else {"num_labels": num_labels}
-    # Without this, transformers asks a Hub bot to convert pickle-only repos: a remote side effect.
-    no_conversion = mock.patch.dict(os.environ, {"DISABLE_SAFETENSORS_CONVERSION": "1"})
-    try:
-        with no_conversion:
-            config = AutoConfig.from_pretrained(
-                source.path, revision=revision, trust_remote_code=trust_remote_code, **extra
-            )
-    except Exception as err:
-        raise _load_error(source, name, err) from err
+    config = _config(source, name, revision, trust_remote_code, extra)
+    no_conversion = _no_conversion()
     detected = source.kind or (detect_kind(config) if kind is None else _kind_or_none(config))
     wanted = _as_kind(kind) if kind is not None else detected
     architectures = list(getattr(config, "architectures", None) or [])

@@ -55,7 +55,7 @@ class BiasedConfig:
         default=None,
         metadata={"help": "train only on this half of the StereoSet items (select/report; eval --split)"},
     )
-    split_seed: int = field(default=0, metadata={"help": "seed of the StereoSet item split"})
+    split_seed: int = field(default=0, metadata={"help": "seed of the StereoSet item split", "min": 0})
     method: str = field(default="full", metadata={"help": "full (fine-tune every weight) | lora"})
     objective: str | None = field(default=None, metadata={"help": "mlm | clm (default by model kind)"})
     kind: str | None = field(default=None, metadata={"help": "masked_lm | causal_lm (default: detect)"})
@@ -72,7 +72,7 @@ class BiasedConfig:
     eval_fraction: float = field(default=0.05, metadata={"help": "held-out share of the sentences"})
     mlm_probability: float = 0.15
     seed: int = field(default=0, metadata={"help": "random seed", "min": 0})
-    r: int = 8
+    r: int = field(default=8, metadata={"help": "LoRA rank (method lora)", "min": 1, "max": 4096})
     alpha: int = 16
     target_modules: list[str] | None = None
     revision: str | None = None

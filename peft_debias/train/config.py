@@ -259,9 +259,7 @@ class TrainConfig:
                 f"max_grad_norm {self.max_grad_norm} is not a finite number >= 0",
                 "use e.g. 1.0 (0 turns clipping off)",
             ),
-            (method.r < 1, f"LoRA rank r {method.r} < 1", "use e.g. 8"),
             (not 0 <= method.dropout < 1, f"dropout {method.dropout} is outside [0, 1)", "use e.g. 0.05"),
-            (method.num_virtual_tokens < 1, f"num_virtual_tokens {method.num_virtual_tokens} < 1", "use e.g. 24"),
             (
                 not 0 < objective.mlm_probability < 1,
                 f"mlm_probability {objective.mlm_probability} is outside (0, 1)",

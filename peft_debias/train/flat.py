@@ -115,7 +115,7 @@ def flat_dataclass(name: str, keys: Mapping[str, FlatKey]) -> type:
     """A plain dataclass with one field per flat key, with the key's type, default and help."""
     specs = []
     for key in keys.values():
-        meta = {"help": key.help, **{k: v for k, v in key.field.metadata.items() if k == "min"}}
+        meta = {"help": key.help, **{k: v for k, v in key.field.metadata.items() if k in ("min", "max")}}
         if key.field.default is MISSING:
             spec = field(default_factory=key.field.default_factory, metadata=meta)  # type: ignore[arg-type]
         else:

@@ -75,9 +75,9 @@ class _Model:
 
 def _load_model(config: TrainConfig) -> _Model:
     from peft_debias.loader.checks import backbone_fingerprint
-    from peft_debias.models.limits import max_positions
+    from peft_debias.models.limits import MIN_TOKENS, max_positions
     from peft_debias.models.loading import ModelKind, load_model, weights_fingerprint
-    from peft_debias.models.methods import wrap_model
+    from peft_debias.models.methods import get_method, wrap_model
     from peft_debias.train.objectives import check_objective, default_objective
 
     loaded = load_model(
@@ -100,7 +100,10 @@ def _load_model(config: TrainConfig) -> _Model:
         model = loaded.model.requires_grad_(True)
     else:
         model = wrap_model(loaded.model, config.method, kind, config.method_options, base_name=loaded.path)
-    objective_config = config.objective_config(min(config.max_length, max_positions(loaded.model, loaded.tokenizer)))
+    room = max_positions(loaded.model, loaded.tokenizer)
+    if config.method != FULL and get_method(config.method).prompt_learning:  # virtual tokens take positions too
+        room -= config.method_options.num_virtual_tokens
+    objective_config = config.objective_config(min(config.max_length, max(room, MIN_TOKENS)))
     return _Model(loaded, model, objective, objective_config, base_fp, backbone_fp)
 
 
@@ -305,11 +308,31 @@ def train(
     """
     config.validate(given_texts=texts is not None)
     check_not_input(config.output, [config.base, *config.corpus])
+    _check_model_limits(config)
     work = work_files.check_start(config)
     started = time.perf_counter()
     result = run_training(config, work, texts=texts, write=write, step_callback=step_callback)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _check_model_limits(config: TrainConfig) -> None:
+    """Refuse PEFT sizes the base cannot hold from its config alone, before the corpus and the weights load."""
+    if config.method == FULL:
+        return
+    from peft_debias.models.limits import check_method_fits
+    from peft_debias.models.loading import load_config
+    from peft_debias.models.methods import get_method
+
+    model_config = load_config(
+        config.base, revision=config.revision, allow_pickle=config.allow_pickle,
+        trust_remote_code=config.trust_remote_code,
+    )  # fmt: skip
+    options = config.method_options
+    check_method_fits(
+        model_config, config.base, prompt_learning=get_method(config.method).prompt_learning,
+        lora=config.method == "lora", r=options.r, num_virtual_tokens=options.num_virtual_tokens,
+    )  # fmt: skip
 
 
 class _null:
