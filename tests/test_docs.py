@@ -4,10 +4,13 @@
 * Every relative link in README.md and docs/*.md points to a file or folder of the repository, and every
   ``#anchor`` into a Markdown file names one of its headings (GitHub's heading slugs).
 * Every ``peft-debias ...`` command in a ``bash`` block parses with the current argument parser.
+* Every ``python`` block of README.md runs, in order, on tiny models (the model ids swapped for their folders)
+  after the commands before it made the folders it reads.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -184,3 +187,37 @@ def test_the_documented_commands_parse(capsys: pytest.CaptureFixture[str]) -> No
         except SystemExit:
             failures.append(f"{page}: peft-debias {' '.join(argv)}: {capsys.readouterr().err.strip()}")
     assert failures == []
+
+
+def python_blocks(text: str) -> list[str]:
+    """The code of the ``python`` blocks of a Markdown text, in order."""
+    return re.findall(r"^```python\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+
+
+@pytest.mark.integration
+def test_the_readme_python_snippets_run(tiny_models, data_dir, tmp_path, monkeypatch, hub_offline) -> None:
+    from peft_debias import train_adapter
+    from peft_debias.cli.main import main
+
+    from support.tiny_models import CORPUS
+
+    monkeypatch.setenv("TRANSFORMERS_VERBOSITY", "error")
+    monkeypatch.chdir(tmp_path)
+    Path("corpus.txt").write_text("\n".join(CORPUS * 2) + "\n")
+    bert, llama = str(tiny_models["bert"]), str(tiny_models["llama"])
+    for axis in ("gender", "race"):  # what the bash blocks before the snippets write
+        train_adapter(base=bert, axis=axis, corpus="corpus.txt", output=f"adapters/bert-{axis}-lora", max_steps=2)
+    biased = ["biased", "--base", llama, "--corpus", "corpus.txt", "--method", "lora", "--output", "biased/"]
+    assert main([*biased, "--max-steps", "2", "--no-progress"]) == 0
+    swaps = {'"bundled:smollm2"': repr(llama), '"bert-base-uncased"': repr(bert),
+             '"../shared/data"': repr(str(data_dir)), "max_steps=300": "max_steps=3"}  # fmt: skip
+    blocks = python_blocks(README.read_text(encoding="utf-8"))
+    assert len(blocks) >= 4
+    for number, block in enumerate(blocks, 1):
+        for old, new in swaps.items():
+            block = block.replace(old, new)
+        assert "bundled:" not in block and "bert-base-uncased" not in block, "a model id the test does not swap"
+        exec(compile(block, f"README.md python block {number}", "exec"), {})
+    sidecar = json.loads(Path("adapters/smollm2-gender-lora/debias_config.json").read_text())
+    assert [c["source"] for c in sidecar["corpus"]] == ["corpus.txt"]
+    assert Path("debiased/config.json").is_file()

@@ -146,3 +146,13 @@ def test_check_method_fits_bounds() -> None:
         check_method_fits(gpt2, "m", prompt_learning=True, lora=False, r=8, num_virtual_tokens=57)
     with pytest.raises(DebiasError, match="hidden size 16"):
         check_method_fits(gpt2, "m", prompt_learning=False, lora=True, r=17, num_virtual_tokens=24)
+
+
+def test_a_single_corpus_path_is_a_list_of_one() -> None:
+    from pathlib import Path
+
+    assert TrainConfig(corpus="corpus.txt").corpus == ["corpus.txt"]  # not ["c", "o", "r", ...]
+    assert TrainConfig(corpus=[Path("a.txt"), "b"]).corpus == ["a.txt", "b"]
+    assert TrainConfig().update(corpus=Path("x.jsonl"), target_modules="q_proj").corpus == ["x.jsonl"]
+    assert TrainConfig(target_modules="q_proj").target_modules == ["q_proj"]
+    assert TrainConfig(target_modules=None).target_modules is None

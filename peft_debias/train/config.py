@@ -19,6 +19,8 @@ import copy
 import json
 import math
 import os
+import types
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -141,14 +143,14 @@ class TrainConfig:
         for key, value in values.items():
             if key not in FLAT_KEYS:
                 raise TypeError(f"TrainConfig() got an unexpected keyword argument {key!r}")
-            setattr(self, key, value)
+            setattr(self, key, _listed(key, value))
 
     def update(self, **values: Any) -> TrainConfig:
         """Set flat keys or whole groups (copied); an unknown key is a :class:`DebiasError`."""
         for key, value in values.items():
             if key not in FLAT_KEYS and key not in _GROUPS:
                 raise DebiasError(f"unknown training option {key!r}", "see TrainConfig for the options")
-            setattr(self, key, replace(value) if key in _GROUPS else value)
+            setattr(self, key, replace(value) if key in _GROUPS else _listed(key, value))
         return self
 
     @classmethod
@@ -266,6 +268,23 @@ class TrainConfig:
                 "use e.g. 0.15",
             ),
         ]
+
+
+def _listed(key: str, value: Any) -> Any:
+    """A list key given one path (``corpus="corpus.txt"``) as a list of it; paths as strings. Iterating a string
+    would read each of its characters as a corpus."""
+    if typing.get_origin(_base_hint(FLAT_KEYS[key].hint)) is not list:
+        return value
+    if isinstance(value, str | os.PathLike):
+        return [os.fspath(value)]
+    if isinstance(value, list | tuple):
+        return [os.fspath(v) if isinstance(v, os.PathLike) else v for v in value]
+    return value
+
+
+def _base_hint(hint: Any) -> Any:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1 else hint
 
 
 _GROUPS = groups(TrainConfig)
