@@ -156,3 +156,16 @@ def test_a_single_corpus_path_is_a_list_of_one() -> None:
     assert TrainConfig().update(corpus=Path("x.jsonl"), target_modules="q_proj").corpus == ["x.jsonl"]
     assert TrainConfig(target_modules="q_proj").target_modules == ["q_proj"]
     assert TrainConfig(target_modules=None).target_modules is None
+
+
+@pytest.mark.parametrize("method", ["prefix", "prompt"])
+def test_prompt_learning_leaves_positions_for_its_virtual_tokens(tiny_models, tmp_path, method: str) -> None:
+    """GPT-2 has 128 learned positions: 24 virtual tokens plus a 128-token text would index past them (IndexError
+    in the position embedding); the run cuts the text to 104 tokens instead."""
+    from peft_debias import train_adapter
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(" ".join(["He said that she was a doctor and he was a nurse"] * 9) + ".\n")
+    result = train_adapter(base=str(tiny_models["gpt2"]), corpus=str(corpus), output=str(tmp_path / "out"),
+                           method=method, max_length=128, max_steps=1, eval_fraction=0, progress=False)  # fmt: skip
+    assert result.steps == 1 and result.train_loss is not None and result.train_loss == result.train_loss
