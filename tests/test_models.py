@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, BertConfig, LlamaConfig, ViTConfig
 
 from peft_debias.core.errors import DebiasError
+from peft_debias.models import bundled
 from peft_debias.models import loading as models
 from peft_debias.models.loading import (
     LoadedModel,
@@ -341,7 +342,7 @@ def test_unknown_bundled_alias_lists_the_known_ones() -> None:
 def test_missing_bundled_package_gives_the_install_command(
     monkeypatch: pytest.MonkeyPatch, alias: str, command: str
 ) -> None:
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name, package=None: None)
+    monkeypatch.setattr(bundled.importlib.util, "find_spec", lambda name, package=None: None)
     for call in (bundled_model_path, load_model):
         with pytest.raises(DebiasError) as info:
             call(alias)
@@ -350,10 +351,10 @@ def test_missing_bundled_package_gives_the_install_command(
 
 
 def test_missing_gguf_package_gives_the_install_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    real_find_spec = models.importlib.util.find_spec
+    real_find_spec = bundled.importlib.util.find_spec
     monkeypatch.setenv("PEFT_DEBIAS_CACHE", str(tmp_path))
     monkeypatch.setattr(
-        models.importlib.util, "find_spec", lambda name, package=None: None if name == "gguf" else real_find_spec(name)
+        bundled.importlib.util, "find_spec", lambda name, package=None: None if name == "gguf" else real_find_spec(name)
     )
     with pytest.raises(DebiasError, match=r"needs the gguf package; install it with: pip install gguf && "):
         bundled_model_path("bundled:smollm2")
@@ -421,7 +422,7 @@ def test_bundled_smollm2_is_a_real_cached_causal_lm(monkeypatch: pytest.MonkeyPa
     assert type(first.model).__name__ == "LlamaForCausalLM"
     assert 134_000_000 <= sum(p.numel() for p in first.model.parameters()) < 136_000_000
     cached = Path(first.path)
-    assert cached.parent == models._cache_root() / "bundled" and cached.name.startswith("smollm2-")
+    assert cached.parent == bundled._cache_root() / "bundled" and cached.name.startswith("smollm2-")
     assert (cached / "model.safetensors").is_file() and (cached / "config.json").is_file()
     assert not (cached / "config.json").read_text().count("quantization_config")
 
@@ -433,7 +434,7 @@ def test_bundled_smollm2_is_a_real_cached_causal_lm(monkeypatch: pytest.MonkeyPa
     del first
 
     conversions: list[Path] = []
-    monkeypatch.setattr(models, "_convert_gguf", lambda gguf, dest: conversions.append(gguf))
+    monkeypatch.setattr(bundled, "_convert_gguf", lambda gguf, dest: conversions.append(gguf))
     second = load_model("bundled:smollm2")
     assert conversions == []
     assert Path(second.path) == cached

