@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
 from peft_debias import BiasVector
 from peft_debias.core.errors import DebiasError
+from peft_debias.core.fingerprints import sha256_files
 from peft_debias.train.biased import BiasedConfig, stereotype_sentences, train_biased
 from peft_debias.train.data import split_sentences
 
@@ -139,7 +140,8 @@ def test_own_corpus(tiny_models, tmp_path: Path) -> None:
     )
     train_biased(_config(tiny_models["llama"], tmp_path / "out", tmp_path, corpus=[str(corpus)], axis="mine"))
     info = json.loads((tmp_path / "out" / "debias_config.json").read_text())
-    assert info["corpus"]["sources"] == [str(corpus)] and info["axis"] == "mine"
+    assert [c["source"] for c in info["corpus"]["sources"]] == ["text.txt"] and info["axis"] == "mine"
+    assert info["corpus"]["sources"][0]["sha256"] == sha256_files([corpus])
 
 
 @pytest.mark.parametrize(

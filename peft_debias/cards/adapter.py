@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_debias.cards.results import card_results, hub_base_id
+from peft_debias.core.portable import portable_name
 
 
 def _template(name: str) -> str:
@@ -36,8 +37,8 @@ def render_adapter_card(
 
     base = info["base_model"]
     base_id = base.get("name") or base.get("path")
-    hub_id = hub_base_id(base_id) if for_hub else base_id
-    shown = hub_id or (Path(str(base_id)).name if for_hub else base_id)  # no local paths on a public card
+    hub_id = hub_base_id(base)
+    shown = (hub_id if for_hub else None) or portable_name(str(base_id))  # no local paths on a card
     training, method = info["training"], info["method"]
     table, evals = card_results(results)
     tags = ["peft", "debiasing", f"bias-axis:{info['axis']}", method["name"]]
@@ -65,7 +66,7 @@ def render_adapter_card(
         n_groups=info.get("n_groups", "?"),
         axis_fingerprint=info.get("axis_fingerprint", "?"),
         base_model=shown,
-        base_link=f"https://huggingface.co/{hub_base_id(base_id)}" if hub_base_id(base_id) else None,
+        base_link=f"https://huggingface.co/{hub_id}" if hub_id else None,
         repo_id=repo_id or f"<user>/{info['axis']}-debias-{method['name']}",
         auto_class={"masked_lm": "AutoModelForMaskedLM", "causal_lm": "AutoModelForCausalLM"}.get(
             base.get("kind", ""), "AutoModel"

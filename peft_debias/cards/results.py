@@ -17,11 +17,6 @@ from typing import Any
 
 from peft_debias.core.hub_ids import is_hub_id
 
-# Bundled aliases are conversions of these Hub models (see peft_debias.models.loading).
-BUNDLED_HUB_IDS = {
-    "bundled:smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct",
-    "bundled:minilm": "sentence-transformers/all-MiniLM-L6-v2",
-}
 # model kind -> Hub task type
 TASKS = {"causal_lm": "text-generation", "masked_lm": "fill-mask", "encoder": "feature-extraction"}
 DATASETS = {
@@ -31,11 +26,13 @@ DATASETS = {
 }
 
 
-def hub_base_id(name: Any) -> str | None:
-    """The Hub model id a base model name stands for, or None for a local folder (the Hub rejects paths)."""
-    text = str(name or "")
-    if text in BUNDLED_HUB_IDS:
-        return BUNDLED_HUB_IDS[text]
+def hub_base_id(base: Mapping[str, Any] | str | None) -> str | None:
+    """The Hub model id of a base: a base record's ``hub_id`` (written by peft-debias, see
+    :func:`peft_debias.models.base_ids.base_record`), else its name when that is a Hub id and no local folder;
+    None for a local folder (the Hub rejects paths)."""
+    if isinstance(base, Mapping) and "hub_id" in base:
+        return str(base["hub_id"]) if is_hub_id(base["hub_id"]) else None
+    text = str((base.get("name") if isinstance(base, Mapping) else base) or "")
     if not is_hub_id(text):
         return None
     return None if Path(text).expanduser().exists() else text

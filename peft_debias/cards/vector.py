@@ -32,7 +32,7 @@ def _base(base: dict[str, Any], for_hub: bool = False) -> tuple[str, str, str | 
     from peft_debias.cards.results import hub_base_id
 
     name = str(base.get("name") or base.get("path") or "unknown")
-    hub_id = hub_base_id(name)
+    hub_id = hub_base_id(base)
     return (
         (hub_id if for_hub and hub_id else _show(name, for_hub)),
         f"https://huggingface.co/{hub_id}" if hub_id else "#",

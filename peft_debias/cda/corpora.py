@@ -19,6 +19,7 @@ import re
 import stat
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from peft_debias.core.errors import DebiasError, one_line
 from peft_debias.core.fingerprints import sha256_files
@@ -298,13 +299,22 @@ def iter_sentences(
                 yield from split_sentences(paragraph)
 
 
-def corpus_provenance(sources: Sequence[str]) -> list[dict[str, str]]:
-    """Each corpus source with a content fingerprint (local files) or its Hub id."""
-    out = []
+def corpus_provenance(sources: Sequence[str]) -> list[dict[str, Any]]:
+    """Each corpus source by name and content, never by local path: a local file or folder as its name, the names
+    of its files, their total size in bytes and a sha256 over names and bytes; a Hub dataset by its id."""
+    out: list[dict[str, Any]] = []
     for source in sources:
         if Path(source).exists():
             files = corpus_files(source)
-            out.append({"source": str(source), "files": str(len(files)), "sha256": sha256_files(files)})
+            out.append(
+                {
+                    "source": Path(source).resolve().name,
+                    "files": len(files),
+                    "file_names": [f.name for f in files],
+                    "bytes": sum(f.stat().st_size for f in files),
+                    "sha256": sha256_files(files),
+                }
+            )
         else:
             out.append({"source": str(source), "hub_dataset": str(source)})
     return out

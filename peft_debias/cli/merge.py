@@ -31,6 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="head to load and save the base with (default: the base's own architecture)",
     )
     parser.add_argument("--revision", help="Hub revision of the base model")
+    parser.add_argument(
+        "--base-model-id",
+        metavar="ORG/NAME",
+        help="Hub id of the base, recorded in the output (default: from --base; a local folder needs it)",
+    )
     parser.add_argument("--adapter-revision", help="Hub revision of the adapters")
     parser.add_argument(
         "--allow-base-mismatch",
@@ -78,6 +83,7 @@ def _merge(args: argparse.Namespace) -> int:
         args.output,
         kind=args.kind,
         revision=args.revision,
+        base_model_id=args.base_model_id,
         adapter_revision=args.adapter_revision,
         allow_base_mismatch=args.allow_base_mismatch,
         allow_pickle=args.allow_pickle,

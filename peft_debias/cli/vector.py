@@ -34,6 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--lambda", dest="lambdas", help="strength, or a comma list to sweep (omit: save the vector)")
     parser.add_argument("--output", required=True, help="output folder")
+    parser.add_argument(
+        "--base-model-id",
+        metavar="ORG/NAME",
+        help="Hub id of --base, recorded in the output (default: from --base; a local folder needs it)",
+    )
     parser.add_argument("--axis", action="append", help="axis label of each --biased (default: from its metadata)")
     parser.add_argument(
         "--exclude",
@@ -117,7 +122,7 @@ def load_source(item: str, base: Any, axis: str | None, exclude: list[str], allo
 def run(args: argparse.Namespace) -> int:
     from peft_debias.core.atomic import check_destination, check_not_input
     from peft_debias.vector.combine import COMBINE_METHODS, combine
-    from peft_debias.vector.meta import open_checkpoint
+    from peft_debias.vector.meta import open_checkpoint, set_base_model_id
     from peft_debias.vector.terms import DEFAULT_EXCLUDE
 
     lambdas = _floats(args.lambdas, "lambda")
@@ -131,6 +136,10 @@ def run(args: argparse.Namespace) -> int:
         raise DebiasError(f"{len(axes)} --axis for {len(args.biased)} --biased", "give one --axis per --biased")
     check_destination(args.output, overwrite=args.overwrite)
     check_not_input(args.output, [args.base, *args.biased])
+    if args.base_model_id is not None:
+        from peft_debias.models.base_ids import check_base_model_id
+
+        check_base_model_id(args.base_model_id)
     exclude = ([] if args.no_default_exclude else list(DEFAULT_EXCLUDE)) + list(args.exclude)
     base = open_checkpoint(args.base, args.allow_pickle)
     vectors = [
@@ -139,9 +148,11 @@ def run(args: argparse.Namespace) -> int:
     ]
 
     def combined(method: str):
-        return combine(
+        vector = combine(
             vectors, method, weights=weights, density=args.density, majority_sign=args.majority_sign, seed=args.seed
         )
+        set_base_model_id(vector.meta.base, args.base_model_id)
+        return vector
 
     progress = not args.no_progress
     if lambdas is None:
@@ -166,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=progress,
             info={"combine": methods[0] if len(vectors) > 1 else None},
+            base_model_id=args.base_model_id,
         )
         print(
             f"debiased (lambda {lam:g}): {result.changed} of {result.tensors} tensors changed, "

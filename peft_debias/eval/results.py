@@ -18,6 +18,7 @@ from typing import Any
 from peft_debias.core.atomic import atomic_output
 from peft_debias.core.errors import DebiasError, one_line
 from peft_debias.core.jsonio import dumps
+from peft_debias.core.portable import scrub_local_paths
 from peft_debias.eval.stats import mcnemar_exact
 
 SCHEMA_VERSION = 1
@@ -29,8 +30,10 @@ PAIRED = {
 
 
 def results_text(results: Mapping[str, Any]) -> str:
-    """The text of a results file: indented strict JSON and a newline."""
-    return dumps(results) + "\n"
+    """The text of a results file: indented strict JSON and a newline, with no local path in it: a model,
+    adapter or data file given as a path is recorded by its last part
+    (:func:`~peft_debias.core.portable.scrub_local_paths`)."""
+    return dumps(scrub_local_paths(results)) + "\n"
 
 
 def save_results(results: Mapping[str, Any], path: str | os.PathLike, *, overwrite: bool = False) -> Path:

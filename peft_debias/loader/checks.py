@@ -266,10 +266,15 @@ def check_base(adapter: AdapterFiles, fingerprints: FingerprintCache, allow_mism
     """Refuse an adapter whose recorded base differs from the model (unless ``allow_mismatch``).
 
     Order: the recorded backbone fingerprint decides if present; else an equal full-weights fingerprint passes;
-    else the recorded ids (``debias_config.json`` name/path, ``base_model_name_or_path``) must match the model's.
+    else the recorded ids (``debias_config.json`` hub_id/name, an old record's path, ``base_model_name_or_path``)
+    must match the model's (its folder, or that folder's Hub id).
     """
+    from peft_debias.models.base_ids import resolve_base_id
+
     recorded = (adapter.debias or {}).get("base_model") or {}
-    candidates = (recorded.get("name"), recorded.get("path"), adapter.peft_config.get("base_model_name_or_path"))
+    name = None if recorded.get("local_only") else recorded.get("name")  # else only the folder's last part
+    in_config = adapter.peft_config.get("base_model_name_or_path")
+    candidates = (recorded.get("hub_id"), name, recorded.get("path"), in_config)
     ids = [str(v) for v in candidates if v]
     trained_on = ids[0] if ids else "an unrecorded base"
     given = model_id(fingerprints.model) or type(_unwrap_peft(fingerprints.model)).__name__
@@ -284,7 +289,9 @@ def check_base(adapter: AdapterFiles, fingerprints: FingerprintCache, allow_mism
     elif recorded.get("weights_fingerprint") and fingerprints.get("weights") == recorded["weights_fingerprint"]:
         return
     elif ids and model_id(fingerprints.model):
-        if not any(_same_id(i, model_id(fingerprints.model)) for i in ids):
+        own = model_id(fingerprints.model)
+        own_hub_id = resolve_base_id(own)  # a cache snapshot's or bundled folder's Hub id
+        if not any(_same_id(i, own) or (own_hub_id is not None and i == own_hub_id) for i in ids):
             problem = f"adapter {adapter.source} was trained on {trained_on} but the given model is {given}"
     else:
         logger.warning("cannot check the base of adapter %s (no recorded base or no model id)", adapter.source)

@@ -20,6 +20,7 @@ def merge_to_folder(
     *,
     kind: str | None = None,
     revision: str | None = None,
+    base_model_id: str | None = None,
     adapter_revision: str | None = None,
     allow_base_mismatch: bool = False,
     allow_pickle: bool = False,
@@ -28,25 +29,27 @@ def merge_to_folder(
 ) -> dict[str, Any]:
     """Merge ``adapters`` (folders or Hub ids, in order) into ``base`` and write the model to ``output``.
 
-    Every adapter is checked to be mergeable before the base model is loaded. Returns the ``debias_config.json``
-    written with the model.
+    Every adapter is checked to be mergeable before the base model is loaded. ``base_model_id`` is the base's Hub id
+    to record (default: from ``base``, see :func:`~peft_debias.models.base_ids.resolve_base_id`); no local path is
+    written. Returns the ``debias_config.json`` written with the model.
     """
     from peft_debias.core.atomic import atomic_output, check_destination
     from peft_debias.core.fingerprints import sha256_files
     from peft_debias.core.provenance import sidecar, write_sidecar
     from peft_debias.loader.attach import check_mergeable, load_debias_adapter
     from peft_debias.loader.checks import SAFETENSORS_FILE, backbone_fingerprint, read_adapter
+    from peft_debias.models.base_ids import base_record, check_base_model_id
     from peft_debias.models.loading import load_model, weights_fingerprint
 
     check_destination(output, overwrite=overwrite)
+    if base_model_id is not None:
+        check_base_model_id(base_model_id)
     files = [read_adapter(a, adapter_revision, allow_pickle=allow_pickle) for a in adapters]
     for adapter in files:  # before the (possibly large) base model is loaded
         check_mergeable(adapter)
     loaded = load_model(base, kind, revision=revision, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     base_info = {
-        "name": base,
-        "path": loaded.path,
-        "revision": revision,
+        **base_record(base, loaded.path, base_model_id, revision),
         "kind": loaded.kind.value,
         "model_type": getattr(loaded.model.config, "model_type", None),
         "weights_fingerprint": weights_fingerprint(loaded.model),
@@ -61,7 +64,7 @@ def merge_to_folder(
         base_model=base_info,
         adapters=[
             {
-                "source": a.source,
+                "source": Path(a.source).resolve().name if Path(a.source).exists() else a.source,
                 "revision": a.revision,
                 "axis": a.axis,
                 "method": a.method,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -10,17 +11,19 @@ from typing import Any
 from peft_debias.cards.adapter import render_adapter_card
 from peft_debias.cda.corpora import corpus_provenance
 from peft_debias.core.atomic import atomic_output
+from peft_debias.core.jsonio import write_json
+from peft_debias.core.portable import portable_adapter_config, scrub_local_paths
 from peft_debias.core.provenance import sidecar, write_sidecar
+from peft_debias.models.base_ids import base_record
 from peft_debias.train.config import Trained
 
 
 def base_model_info(trained: Trained) -> dict[str, Any]:
-    """The ``base_model`` entry of a trained artifact's ``debias_config.json``: where the base came from."""
+    """The ``base_model`` entry of a trained artifact's ``debias_config.json``: which base it was trained on, by
+    Hub id and weights fingerprint, never by local path (:func:`~peft_debias.models.base_ids.base_record`)."""
     config, loaded = trained.config, trained.loaded
     return {
-        "name": config.base,
-        "path": loaded.path,
-        "revision": config.revision,
+        **base_record(config.base, loaded.path, config.base_model_id, config.revision),
         "kind": loaded.kind.value,
         "model_type": getattr(loaded.model.config, "model_type", None),
         "weights_fingerprint": trained.base_fingerprint,
@@ -65,9 +68,30 @@ def adapter_info(trained: Trained, peft_type: str) -> dict[str, Any]:
         },
         "metrics": {"train_loss": result.train_loss, "eval_loss": result.eval_loss},
         "rank_fingerprints": result.rank_fingerprints,
-        "train_config": {k: v for k, v in config.to_dict().items() if k not in ("resume", "overwrite", "progress")},
+        "train_config": portable_run_config(config.to_dict(), ("resume", "overwrite", "progress")),
     }
     return sidecar("adapter", fields)
+
+
+def portable_run_config(values: dict[str, Any], skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A run's options as recorded in an artifact: ``skip`` left out, the base and output by name, each local
+    corpus by its name, and no other local path (:func:`~peft_debias.core.portable.scrub_local_paths`)."""
+    out = {k: v for k, v in values.items() if k not in skip}
+    if out.get("base"):
+        out["base"] = base_record(out["base"], None, out.get("base_model_id"))["name"]
+    if out.get("output"):
+        out["output"] = Path(out["output"]).name
+    out["corpus"] = [Path(c).resolve().name if Path(c).exists() else c for c in out.get("corpus") or []]
+    return scrub_local_paths(out)
+
+
+def save_adapter(model: Any, folder: Path, base_id: str | None) -> None:
+    """``model.save_pretrained(folder)``, then ``adapter_config.json`` rewritten to name the base by its Hub id
+    (``None`` for a local-only base), never by the local folder peft recorded."""
+    model.save_pretrained(str(folder))
+    path = folder / "adapter_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    write_json(path, portable_adapter_config(config, base_id), indent=2, sort_keys=True)
 
 
 def write_folder(trained: Trained, info: dict[str, Any], card: str, save: Callable[[Path], None]) -> None:
@@ -87,4 +111,5 @@ def write_artifact(trained: Trained) -> None:
     """Save the adapter folder at ``config.output`` (the loop's default writer)."""
     model = trained.model
     info = adapter_info(trained, str(model.peft_config["default"].peft_type.value))
-    write_folder(trained, info, render_adapter_card(info), lambda folder: model.save_pretrained(str(folder)))
+    base_id = info["base_model"]["hub_id"]
+    write_folder(trained, info, render_adapter_card(info), lambda folder: save_adapter(model, folder, base_id))

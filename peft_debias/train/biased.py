@@ -25,8 +25,9 @@ from typing import Any
 
 from peft_debias.core.bounds import check_minimums
 from peft_debias.core.errors import DebiasError
+from peft_debias.core.portable import scrub_local_paths
 from peft_debias.core.provenance import sidecar
-from peft_debias.train.artifact import adapter_info, base_model_info, write_folder
+from peft_debias.train.artifact import adapter_info, base_model_info, portable_run_config, save_adapter, write_folder
 from peft_debias.train.config import FLAT_KEYS, TrainConfig, Trained, Writer
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,10 @@ class BiasedConfig:
     """A biased training run (the ``peft-debias biased`` options)."""
 
     base: str = field(default="", metadata={"help": "base model: Hub id, local folder or bundled alias"})
+    base_model_id: str | None = field(
+        default=None,
+        metadata={"help": "Hub id of the base, recorded in the output (default: from --base; a local folder needs it)"},
+    )
     axis: str = field(
         default="gender",
         metadata={
@@ -83,6 +88,10 @@ class BiasedConfig:
 
     def validate(self) -> BiasedConfig:
         check_minimums(self)
+        if self.base_model_id is not None:
+            from peft_debias.models.base_ids import check_base_model_id
+
+            check_base_model_id(self.base_model_id)
         checks = [
             (not self.base, "no base model given", "pass --base MODEL"),
             (not self.output, "no output folder given", "pass --output DIR"),
@@ -137,17 +146,17 @@ def training_sentences(config: BiasedConfig) -> tuple[list[str], dict[str, Any]]
     from peft_debias.core.fingerprints import sha256_files
 
     if config.corpus:
-        from peft_debias.cda.corpora import iter_sentences
+        from peft_debias.cda.corpora import corpus_provenance, iter_sentences
 
         sentences = [s for source in config.corpus for s in iter_sentences(source)]
         if not sentences:
             raise DebiasError(f"corpus {', '.join(config.corpus)} has no sentences", "pass a corpus with text")
-        return sentences, {"sources": list(config.corpus), "sentences": len(sentences)}
+        return sentences, {"sources": corpus_provenance(config.corpus), "sentences": len(sentences)}
     from peft_debias.core.data_dir import data_file, resolve_data_dir
 
     path = data_file(resolve_data_dir(config.data_dir), STEREOSET_FILE)
     sentences = stereotype_sentences(path, config.axis, split=config.stereoset_split, split_seed=config.split_seed)
-    info = {"stereoset": str(path), "sha256": sha256_files([path]), "bias_type": config.axis}
+    info = {"stereoset": path.name, "sha256": sha256_files([path]), "bias_type": config.axis}
     if config.stereoset_split:
         info.update(split=config.stereoset_split, split_seed=config.split_seed)
     info["filled_with"] = "stereotype"
@@ -211,11 +220,14 @@ def _writer(config: BiasedConfig, corpus_info: dict[str, Any]) -> Writer:
         corpus = {**corpus_info, **trained.data}
         full = config.method == "full"
         info = _model_info(trained, corpus, config) if full else _adapter_info(trained, corpus, config)
+        info = scrub_local_paths(info)
 
         def save(folder: Path) -> None:
-            trained.model.save_pretrained(str(folder))
             if full:  # a model folder that loads on its own
+                trained.model.save_pretrained(str(folder))
                 trained.tokenizer.save_pretrained(str(folder))
+            else:
+                save_adapter(trained.model, folder, info["base_model"]["hub_id"])
 
         write_folder(trained, info, biased_readme(info), save)
 
@@ -254,7 +266,7 @@ def _model_info(trained: Trained, corpus: dict[str, Any], config: BiasedConfig) 
 
 
 def _jsonable(config: BiasedConfig) -> dict[str, Any]:
-    return {k: v for k, v in asdict(config).items() if k not in ("overwrite", "progress")}
+    return portable_run_config(asdict(config), ("overwrite", "progress"))
 
 
 def biased_readme(info: dict[str, Any]) -> str:

@@ -50,7 +50,7 @@ FULL = "full"
 # Called as step_callback(step, model, tokenizer) after each optimizer step (see train_adapter).
 StepCallback = Callable[[int, Any, Any], None]
 # Flat keys that may change between a run and its resumption.
-RESUME_FREE = {"resume", "overwrite", "log_every", "save_every", "eval_every", "progress"}
+RESUME_FREE = {"resume", "overwrite", "log_every", "save_every", "eval_every", "progress", "base_model_id"}
 
 
 @dataclass
@@ -81,6 +81,10 @@ class TrainConfig:
     """
 
     base: str = field(default="", metadata={"help": "base model: Hub id, local folder or bundled alias"})
+    base_model_id: str | None = field(
+        default=None,
+        metadata={"help": "Hub id of the base, recorded in the adapter (default: from --base; needed for a folder)"},
+    )
     axis: str = field(default="gender", metadata={"help": "bias axis name or axis file"})
     corpus: list[str] = field(default_factory=list, metadata={"help": "corpus files, folders or Hub dataset ids"})
     output: str = field(default="", metadata={"help": "output adapter folder"})
@@ -203,6 +207,10 @@ class TrainConfig:
 
             get_method(self.method)
         check_minimums(self)
+        if self.base_model_id is not None:
+            from peft_debias.models.base_ids import check_base_model_id
+
+            check_base_model_id(self.base_model_id)
         for bad, problem, fix in [*self._run_checks(given_texts), *self._option_checks()]:
             if bad:
                 raise DebiasError(problem, fix)

@@ -87,6 +87,7 @@ def merge_into_folder(
     progress: bool = True,
     info: dict[str, Any] | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    base_model_id: str | None = None,
 ) -> MergeResult:
     """Write the model ``base + scale * vector`` to the folder ``output`` (see the module docstring)."""
     from tqdm.auto import tqdm
@@ -122,7 +123,7 @@ def merge_into_folder(
         bar.close()
         files = [p.name for p in writer.close()]
         files += copy_side_files(ckpt.folder, tmp)
-        data = debiased_info(vector, base, ckpt, scale, info, changed, params)
+        data = debiased_info(vector, base, ckpt, scale, info, changed, params, base_model_id)
         write_sidecar(tmp, data)
         (tmp / "README.md").write_text(render_debiased_card(data), encoding="utf-8")
         files += [DEBIAS_CONFIG, "README.md"]
@@ -174,16 +175,17 @@ def _base_matches(vbase: dict[str, Any], digests: dict[str, str], ckpt) -> bool:
     return matches
 
 
-def debiased_info(vector, base, ckpt, scale, info, changed, params) -> dict[str, Any]:
-    """The ``debias_config.json`` of a debiased model folder."""
+def debiased_info(vector, base, ckpt, scale, info, changed, params, base_model_id=None) -> dict[str, Any]:
+    """The ``debias_config.json`` of a debiased model folder (the base by Hub id, never by its folder)."""
+    from peft_debias.models.base_ids import base_record
+
     fields = {
         "paper": "bias_vector",
         "axis": vector.meta.axis,
         "lambda": -scale,
         "scale": scale,
         "base_model": {
-            "name": str(base),
-            "path": str(ckpt.folder),
+            **base_record(str(base), str(ckpt.folder), base_model_id),
             "model_type": ckpt.config.get("model_type"),
             "architectures": ckpt.config.get("architectures"),
         },
@@ -276,7 +278,7 @@ def write_adapter(vector: VectorLike, output: Path, scale: float, *, overwrite: 
         )
     coef, term = vector.terms[0]
     with atomic_output(output, overwrite=overwrite, directory=True) as tmp:
-        modules = write_negated_adapter(term, scale * coef, tmp)
+        modules = write_negated_adapter(term, scale * coef, tmp, vector.meta.base.get("hub_id"))
         fields = {"paper": "bias_vector", "axis": vector.meta.axis, "lambda": -scale * coef, "scale": scale * coef}
         data = sidecar(
             "negated_adapter",

@@ -137,7 +137,7 @@ class BiasVector:
         sidecar = read_json(folder / "debias_config.json") or {}
         base = sidecar.get("base_model") or {}
         name = base.get("name") or term.config.get("base_model_name_or_path") or "unknown"
-        info = base_info(name, base.get("path", ""), base, base.get("weights_fingerprint"), "state_dict")
+        info = base_info(name, base.get("path", ""), base, base.get("weights_fingerprint"), "state_dict", base)
         info["model_type"] = base.get("model_type")
         meta = VectorMeta(info, axis or sidecar.get("axis"), exclusion_patterns(exclude), term.excluded)
         return cls([(1.0, term)], meta)
@@ -287,12 +287,14 @@ class BiasVector:
         allow_pickle: bool = False,
         progress: bool = True,
         info: dict[str, Any] | None = None,
+        base_model_id: str | None = None,
     ) -> Any:
         """``theta = theta_pre + scale * V``: debias with ``scale=-lam``.
 
         An in-memory model (``torch.nn.Module`` / LoadedModel) is changed in place and returned. A model on disk
         (folder, Hub id, ``bundled:`` alias) is streamed into ``output``, a complete model folder, atomically;
-        the :class:`~peft_debias.vector.apply.MergeResult` is returned.
+        the :class:`~peft_debias.vector.apply.MergeResult` is returned; its ``debias_config.json`` records the
+        base by ``base_model_id`` (default: from ``pre``, see :func:`~peft_debias.models.base_ids.resolve_base_id`).
         """
         scale = check_scalar(scale, "scale")
         model = getattr(pre, "model", pre) if type(pre).__name__ == "LoadedModel" else pre
@@ -312,6 +314,7 @@ class BiasVector:
             allow_pickle=allow_pickle,
             progress=progress,
             info=info,
+            base_model_id=base_model_id,
         )
 
     def save(
@@ -327,5 +330,3 @@ class BiasVector:
         """Write a PEFT LoRA adapter whose update is ``scale * V`` (``scale=-lam`` debiases), for a vector made by
         :meth:`from_adapter`: B is scaled, A kept (never both)."""
         return write_adapter(self, Path(output), check_scalar(scale, "scale"), overwrite=overwrite)
-
-

@@ -20,6 +20,7 @@ import torch
 
 from peft_debias.core.errors import DebiasError, one_line
 from peft_debias.core.jsonio import write_json
+from peft_debias.core.portable import portable_adapter_config
 from peft_debias.vector.stream import TensorInfo
 from peft_debias.vector.terms import Term, is_excluded
 
@@ -106,7 +107,7 @@ class LoraDelta(Term):
     def describe(self) -> dict[str, Any]:
         return {
             "type": "lora_adapter",
-            "path": str(self.folder),
+            "path": self.folder.name,
             "r": self.config.get("r"),
             "lora_alpha": self.config.get("lora_alpha"),
             "use_rslora": bool(self.config.get("use_rslora")),
@@ -161,8 +162,9 @@ def _adapter_weights(folder: Path, allow_pickle: bool) -> dict[str, torch.Tensor
     return torch.load(pickled, map_location="cpu", weights_only=True)
 
 
-def write_negated_adapter(delta: LoraDelta, factor: float, dest: Path) -> list[str]:
+def write_negated_adapter(delta: LoraDelta, factor: float, dest: Path, base_id: str | None = None) -> list[str]:
     """Write into folder ``dest`` a PEFT adapter whose update is ``factor * scaling * B @ A``: B is scaled, A kept.
+    Its ``adapter_config.json`` names the base by ``base_id`` (a Hub id, or ``None``), never by a local folder.
 
     Excluded modules are left out of the adapter (and of ``target_modules``' effect: their factors are absent).
     Returns the module names written.
@@ -185,5 +187,5 @@ def write_negated_adapter(delta: LoraDelta, factor: float, dest: Path) -> list[s
     config["target_modules"] = sorted(kept_modules)
     config["init_lora_weights"] = True
     save_file(out, str(dest / "adapter_model.safetensors"), metadata={"format": "pt"})
-    write_json(dest / ADAPTER_CONFIG, config, sort_keys=True)
+    write_json(dest / ADAPTER_CONFIG, portable_adapter_config(config, base_id), sort_keys=True)
     return sorted(kept_modules)

@@ -32,7 +32,7 @@ def check_scalar(value: Any, what: str = "lambda") -> float:
 class VectorMeta:
     """What a vector was made from (saved as ``bias_vector.json`` along with the format version)."""
 
-    base: dict[str, Any] = field(default_factory=dict)  # name, path, model_type, vocab_size, weights_fingerprint...
+    base: dict[str, Any] = field(default_factory=dict)  # name, hub_id, model_type, vocab_size, weights_fingerprint...
     axis: str | None = None
     exclude: list[str] = field(default_factory=list)  # regexes of the tensors left out
     excluded_tensors: list[str] = field(default_factory=list)
@@ -42,16 +42,39 @@ class VectorMeta:
         return asdict(self)
 
 
-def base_info(name: Any, folder: Any, config: dict[str, Any], fingerprint: str | None, method: str) -> dict[str, Any]:
+def base_info(
+    name: Any,
+    folder: Any,
+    config: dict[str, Any],
+    fingerprint: str | None,
+    method: str,
+    recorded: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``base`` record of a vector: the base's portable identity (its Hub id, never its folder; taken from
+    ``recorded``, a base record read from an artifact, when that has one), its architecture and fingerprint."""
+    from peft_debias.models.base_ids import base_record
+
+    if recorded and "hub_id" in recorded:
+        identity = {k: recorded.get(k) for k in ("name", "hub_id", "revision", "local_only")}
+    else:
+        identity = base_record(str(name), str(folder) if folder else None)
     return {
-        "name": str(name),
-        "path": str(folder),
+        **identity,
         "model_type": config.get("model_type"),
         "architectures": config.get("architectures"),
         "vocab_size": config.get("vocab_size"),
         "weights_fingerprint": fingerprint,
         "fingerprint_method": method,
     }
+
+
+def set_base_model_id(base: dict[str, Any], base_model_id: str | None) -> dict[str, Any]:
+    """``base`` (a vector's base record) with the Hub id the user passed (``--base-model-id``), checked."""
+    if base_model_id is not None:
+        from peft_debias.models.base_ids import check_base_model_id
+
+        base.update(hub_id=check_base_model_id(base_model_id), local_only=False)
+    return base
 
 
 def open_checkpoint(model: Any, allow_pickle: bool = False) -> Checkpoint:

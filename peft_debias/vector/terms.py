@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -149,7 +150,7 @@ class StoredDelta(Term):
         return block if block.dtype == torch.float32 else block.float()
 
     def describe(self) -> dict[str, Any]:
-        return {"type": "saved_vector", "path": str(self.checkpoint.folder), "made_from": self.source}
+        return {"type": "saved_vector", "path": Path(self.checkpoint.folder).name, "made_from": self.source}
 
 
 class DenseDelta(Term):
