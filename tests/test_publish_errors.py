@@ -11,6 +11,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from peft_debias.core.errors import DebiasError
+from peft_debias.hub.portable import portable_artifact, publish_base_id
 from peft_debias.hub.publish import check_repo_id, check_revision, publish_artifact, render_card
 
 from support.hub_server import client_env, run_client
@@ -23,7 +24,9 @@ OLD = {"adapter_model.safetensors": b"old weights", "notes.md": b"the owner's no
 @pytest.fixture(scope="module")
 def adapter(tiny_models, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("publish_errors")
-    return train_tiny_adapter(tiny_models["llama"], root, "adapter", CORPUS, max_steps=1, batch_size=2)
+    return train_tiny_adapter(
+        tiny_models["llama"], root, "adapter", CORPUS, max_steps=1, batch_size=2, base_model_id="tester/tiny-llama"
+    )
 
 
 @pytest.fixture
@@ -195,11 +198,15 @@ def test_hub_card_metadata(adapter) -> None:
 
     artifact = inspect_artifact(adapter)
     local_card = ModelCard((adapter / "README.md").read_text())
-    assert local_card.data.base_model == artifact.info["base_model"]["name"]  # the training-time card: unchanged
+    assert local_card.data.base_model == "tester/tiny-llama"  # the recorded Hub id, on the training-time card too
+    artifact.info["base_model"].update(name="llama", hub_id=None, local_only=True)
     hub_card = ModelCard(render_card(artifact, "org/name"))
     assert hub_card.data.base_model is None and not any(t.startswith("base_model:") for t in hub_card.data.tags)
-    artifact.info["base_model"]["name"] = "bundled:smollm2"
-    card = ModelCard(render_card(artifact, "org/name", sample_results("bundled:smollm2", adapter, 2.0)))
+    # a record written before Hub ids were recorded: the bundled alias's id, found at publish time
+    old = {k: v for k, v in artifact.info["base_model"].items() if k not in ("hub_id", "local_only")}
+    artifact.info["base_model"] = {**old, "name": "bundled:smollm2", "path": "/home/me/.cache/peft_debias/smollm2"}
+    fixed = portable_artifact(artifact, publish_base_id(artifact))
+    card = ModelCard(render_card(fixed, "org/name", sample_results("bundled:smollm2", adapter, 2.0)))
     assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert "base_model:adapter:HuggingFaceTB/SmolLM2-135M-Instruct" in card.data.tags
     assert card.data.model_name == "name" and len(card.data.eval_results) == 6  # no compare block: after only

@@ -25,6 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--message", help="commit message")
     parser.add_argument(
+        "--base-model-id",
+        metavar="ORG/NAME",
+        help="Hub id of the artifact's base model, named in the uploaded copy (needed when it records only a folder)",
+    )
+    parser.add_argument(
         "--skip-load-check",
         action="store_true",
         help="do not load an adapter on its recorded base model before uploading",
@@ -52,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
             commit_message=args.message,
             check_load=not args.skip_load_check,
             dry_run=args.dry_run,
+            base_model_id=args.base_model_id,
         )
     if result.dry_run:
         print(f"dry run: would publish {result.kind} {args.folder} to {result.repo_id}@{result.revision}:")

@@ -4,7 +4,8 @@
 a debiased model or negated adapter from ``vector``, a merged model from ``merge``), checks it, renders its model
 card from ``model_cards/`` (Hub metadata, tags, and the evaluation results as a ``model-index`` when a results file
 is given) and uploads the folder with the rendered ``README.md`` in ONE commit (``HfApi.create_commit``): the Hub
-applies a commit all or nothing, so a failed upload leaves the repo as it was. The local folder is only read.
+applies a commit all or nothing, so a failed upload leaves the repo as it was. The local folder is only read; the
+uploaded copy names the base by its Hub id and carries no local path (:mod:`peft_debias.hub.portable`).
 
 Checks before any request: the repo id (no path tricks), the revision, the artifact's files, and (unless
 ``check_load=False``) that an adapter loads on its recorded base model, every tensor landing.
@@ -24,7 +25,9 @@ from typing import Any
 
 from peft_debias.core.errors import DebiasError, one_line
 from peft_debias.core.hub_ids import check_repo_id, check_revision
+from peft_debias.core.portable import is_local_path
 from peft_debias.hub.artifact import ADAPTER_KINDS, Artifact, inspect_artifact
+from peft_debias.hub.portable import portable_artifact, publish_base_id, upload_contents
 
 logger = logging.getLogger(__name__)
 
@@ -45,25 +48,27 @@ class PublishResult:
     dry_run: bool = False  # nothing was sent: commit and url are empty
 
 
-def _base_source(base: Mapping[str, Any]) -> str:
-    """Where to load an artifact's recorded base from: its name, else its recorded local path."""
+def _base_source(base: Mapping[str, Any], base_id: str | None = None) -> str:
+    """Where the load check loads an artifact's base from: a bundled alias, or a folder an old record names when
+    it exists here; else the base's Hub id (from the Hub cache, or the Hub)."""
     from peft_debias.models.loading import BUNDLED_PREFIX
 
     name, path = str(base.get("name") or ""), str(base.get("path") or "")
-    if name.startswith(BUNDLED_PREFIX) or Path(name).expanduser().exists():
+    if name.startswith(BUNDLED_PREFIX) or (is_local_path(name) and Path(name).expanduser().exists()):
         return name
     if path and Path(path).expanduser().exists():
         return path
-    return name or path
+    return base_id or str(base.get("hub_id") or "") or name or path
 
 
-def check_adapter_loads(artifact: Artifact) -> None:
-    """Load the adapter on its recorded base model (base checks and every tensor landing, as downstream)."""
+def check_adapter_loads(artifact: Artifact, base_id: str | None = None) -> None:
+    """Load the adapter on its recorded base model (base checks and every tensor landing, as downstream);
+    ``base_id`` is the base's Hub id, used when no local copy of the base is recorded."""
     from peft_debias.loader.attach import load_debias_adapter
     from peft_debias.models.loading import load_model
 
     base = artifact.info.get("base_model") or {}
-    source = _base_source(base)
+    source = _base_source(base, base_id)
     if not source:
         raise DebiasError(f"{artifact.folder} records no base model", "re-create it with peft-debias")
     try:
@@ -84,9 +89,9 @@ def check_adapter_loads(artifact: Artifact) -> None:
     logger.info("checked: %s loads on %s", artifact.folder, source)
 
 
-def _check_loads(artifact: Artifact) -> None:
+def _check_loads(artifact: Artifact, base_id: str) -> None:
     if artifact.kind in ADAPTER_KINDS:
-        check_adapter_loads(artifact)
+        check_adapter_loads(artifact, base_id)
     elif artifact.kind == "bias_vector":
         from peft_debias.vector.bias_vector import BiasVector
 
@@ -157,6 +162,7 @@ def publish_artifact(
     commit_message: str | None = None,
     check_load: bool = True,
     dry_run: bool = False,
+    base_model_id: str | None = None,
 ) -> PublishResult:
     """Validate an artifact folder and upload it, with its rendered model card, to ``repo_id`` in one commit.
 
@@ -174,6 +180,11 @@ def publish_artifact(
         check_load: load an adapter on its recorded base before uploading (loads the base model).
         dry_run: check everything that needs no Hub request and return what would be uploaded, sending nothing
             (no token needed; the stale files an upload would remove are not known then).
+        base_model_id: the base's Hub id, for an artifact whose base is recorded only as a local folder (or to
+            correct the recorded one); it is what the uploaded ``adapter_config.json`` names as the base.
+
+    The uploaded copy is portable (:mod:`peft_debias.hub.portable`): the base named by its Hub id, no local path
+    in any metadata file. The local folder is not changed.
 
     Only the artifact's own regular files are uploaded (the allowlist of its kind,
     :data:`peft_debias.hub.artifact.ALLOWED`); other files are left out and listed in ``left_out``, and a
@@ -182,16 +193,20 @@ def publish_artifact(
     two artifacts; other files are kept.
 
     Raises:
-        DebiasError: a bad repo id or revision, an incomplete or invalid artifact, no token, or the Hub
+        DebiasError: a bad repo id or revision, an incomplete or invalid artifact, a base with no Hub id (pass
+            ``base_model_id``), no token, or the Hub
             refusing or failing the upload (the repo is then as it was).
     """
     repo_id = check_repo_id(repo_id)
     revision = check_revision(revision)
     artifact = inspect_artifact(folder)
     data = read_results(results, artifact)
-    card = render_card(artifact, repo_id, data)  # before any request: a card problem costs no upload
+    base_id = publish_base_id(artifact, base_model_id)
+    uploaded = portable_artifact(artifact, base_id)  # the metadata as uploaded: the card is rendered from it
+    card = render_card(uploaded, repo_id, data)  # before any request: a card problem costs no upload
     if check_load:
-        _check_loads(artifact)
+        _check_loads(artifact, base_id)
+    contents = upload_contents(artifact, base_id)
     if artifact.left_out:
         logger.warning("not uploaded (not part of a %s): %s", artifact.kind, ", ".join(artifact.left_out))
     if dry_run:
@@ -202,9 +217,9 @@ def publish_artifact(
     session = HubSession(token)
     if "/" not in repo_id:
         repo_id = session.full_repo_id(repo_id)
-        card = render_card(artifact, repo_id, data)
+        card = render_card(uploaded, repo_id, data)
     message = commit_message or f"Publish {artifact.kind.replace('_', ' ')} with peft-debias"
-    commit, deleted = session.commit(artifact, card, repo_id, revision, private, message)
+    commit, deleted = session.commit(artifact, card, repo_id, revision, private, message, contents)
     files = [*artifact.files, "README.md"]
     logger.info(
         "published %s to %s@%s (%d files, commit %s)", artifact.folder, repo_id, revision, len(files), commit.oid

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from peft_debias.core.errors import DebiasError, one_line
@@ -126,17 +127,29 @@ class HubSession:
         return info.sha, {s.rfilename for s in info.siblings or []}
 
     def commit(
-        self, artifact: Artifact, card: str, repo_id: str, revision: str, private: bool, message: str
+        self,
+        artifact: Artifact,
+        card: str,
+        repo_id: str,
+        revision: str,
+        private: bool,
+        message: str,
+        contents: Mapping[str, bytes] | None = None,
     ) -> tuple[Any, list[str]]:
-        """Create the repo if missing and commit the folder plus ``card`` as README.md in one commit."""
+        """Create the repo if missing and commit the folder plus ``card`` as README.md in one commit; a file in
+        ``contents`` is uploaded with those bytes instead of the local file's
+        (:func:`~peft_debias.hub.portable.upload_contents`)."""
         from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
         self._call(repo_id, "creating", self.api.create_repo, repo_id, private=private, exist_ok=True)
         head, remote = self._head(repo_id, revision, private)
+        contents = contents or {}
         with contextlib.ExitStack() as stack:
             # each file is opened without following links and checked to be the one inspected
             ops: list[Any] = [
-                CommitOperationAdd(path_in_repo=name, path_or_fileobj=stack.enter_context(artifact.open(name)))
+                CommitOperationAdd(
+                    path_in_repo=name, path_or_fileobj=contents.get(name) or stack.enter_context(artifact.open(name)),
+                )
                 for name in artifact.files
             ]
             ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8")))
