@@ -676,6 +676,22 @@ CATALOGUE: list[Row] = [
      "argument --ppl-threshold: must be a number, not nan"),
     ("vector-zero-sweep-batch-size", lambda c: _vector(c, "biased", "--lambda", "1,2", "--batch-size", "0"),
      "argument --batch-size: must be >= 1, not 0"),
+    # ---- portable artifacts: bad --base-model-id values, publishing a base known only as a local folder
+    ("train-base-model-id-is-a-path", lambda c: _train(c, "--base-model-id", "/home/me/llama"),
+     "--base-model-id '/home/me/llama': repo id '/home/me/llama' is not 'namespace/name'"),
+    ("train-base-model-id-nested", lambda c: _train(c, "--base-model-id", "org/a/b"), "is not 'namespace/name'"),
+    ("biased-base-model-id-with-space",
+     lambda c: ["biased", "--base", c.m("llama"), "--output", str(c.out), "--base-model-id", "my org/x"],
+     "--base-model-id 'my org/x': repo id 'my org/x' contains spaces"),
+    ("vector-base-model-id-relative-path", lambda c: _vector(c, "biased", "--base-model-id", "../x"),
+     "--base-model-id '../x'"),
+    ("merge-base-model-id-bad-name", lambda c: [*_merge(c, c.m("adapter")), "--base-model-id", "org/-x"],
+     "repo id 'org/-x' is not a valid Hub repo id"),
+    ("publish-local-only-base", lambda c: ["publish", c.m("adapter"), "tester/x", "--skip-load-check"],
+     "records its base model only as a local folder (llama)"),
+    ("publish-bad-base-model-id",
+     lambda c: ["publish", c.m("adapter"), "tester/x", "--skip-load-check", "--base-model-id", "~/llama"],
+     "--base-model-id '~/llama'"),
 ]
 # fmt: on
 

@@ -250,3 +250,22 @@ def test_old_bundled_record_publishes_under_the_alias_hub_id(artifacts, tmp_path
     assert publish_base_id(artifact) == "sentence-transformers/all-MiniLM-L6-v2"
     fixed = json.loads(upload_contents(artifact, publish_base_id(artifact))["debias_config.json"])
     assert fixed["base_model"]["hub_id"] == "sentence-transformers/all-MiniLM-L6-v2" and site not in json.dumps(fixed)
+
+
+@pytest.mark.slow
+def test_bundled_minilm_adapter_names_its_hub_id(tmp_path) -> None:
+    """A LoRA trained on the real bundled MiniLM through the CLI: its adapter_config.json names the Hub id of
+    all-MiniLM-L6-v2 (what AutoPeftModel loads elsewhere), and no file carries the site-packages folder."""
+    from support.bundled import require_bundled
+
+    folder = require_bundled("minilm")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(CORPUS * 2) + "\n")
+    out = tmp_path / "minilm-lora"
+    argv = ["train", "--base", "bundled:minilm", "--corpus", str(corpus), "--output", str(out), *STEPS]
+    assert main(argv) == 0
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
+    base = json.loads((out / "debias_config.json").read_text())["base_model"]
+    assert base["name"] == "bundled:minilm" and base["hub_id"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert_portable(out, [tmp_path, folder])
