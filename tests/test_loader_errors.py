@@ -77,6 +77,9 @@ def test_wrong_base_is_refused_unless_allowed(tiny_models, adapter, other_berts)
 def test_wrong_base_by_id_for_a_plain_peft_adapter(tiny_models, adapter, other_berts, tmp_path) -> None:
     plain = shutil.copytree(adapter("bert", "lora"), tmp_path / "plain")
     (plain / "debias_config.json").unlink()
+    config = json.loads((plain / "adapter_config.json").read_text())  # as stock peft writes it: the base's folder
+    config["base_model_name_or_path"] = str(tiny_models["bert"])
+    (plain / "adapter_config.json").write_text(json.dumps(config))
     assert "was trained on" in error_of(bert(other_berts["reseeded"]), plain)
     assert load_debias_adapter(bert(tiny_models["bert"]), plain, mode="inference").peft_config
 
