@@ -131,7 +131,11 @@ def artifacts(tiny_models, data_dir, tmp_path_factory) -> dict[str, Path]:
     run("debiased", *vector, "--biased", str(out["biased_model"]), "--lambda", "1")
     run("debiased_id", *vector, "--biased", str(out["biased_model"]), "--lambda", "1", "--base-model-id", "org/x")
     run("negated", *vector, "--biased", str(out["biased_adapter"]), "--lambda", "1", "--as-adapter")
+    negated = ["--biased", str(out["biased_adapter"]), "--lambda", "1", "--as-adapter", "--base-model-id", "org/x"]
+    run("negated_id", *vector, *negated)
+    run("vector_id", *vector, "--biased", str(out["biased_model"]), "--base-model-id", "org/x")
     run("merged", "merge", "--base", llama, "--adapter", str(out["lora"]))
+    run("merged_id", "merge", "--base", llama, "--adapter", str(out["lora"]), "--base-model-id", "org/x")
     evaluate = ["eval", "--model", llama, "--adapter", str(out["lora"]), "--data-dir", str(small)]
     out["results"] = root / "results.json"
     assert main([*evaluate, "--benchmarks", "crows", "--axes", "gender", "--output", str(out["results"])]) == 0
@@ -141,7 +145,7 @@ def artifacts(tiny_models, data_dir, tmp_path_factory) -> dict[str, Path]:
 
 KINDS = [
     "lora", "lora_id", "prefix", "prompt", "prompt_id", "mlm_lora", "biased_model", "biased_adapter", "vector",
-    "debiased", "debiased_id", "negated", "merged", "results", "cda",
+    "debiased", "debiased_id", "negated", "negated_id", "vector_id", "merged", "merged_id", "results", "cda",
 ]  # fmt: skip
 
 
@@ -189,6 +193,16 @@ def test_records_name_the_base_and_corpus_portably(artifacts) -> None:
     assert negated["base_model_name_or_path"] is None  # the biased adapter's base is local only
     merged = json.loads((artifacts["merged"] / "debias_config.json").read_text())
     assert merged["adapters"][0]["source"] == "lora" and merged["base_model"]["local_only"] is True
+
+
+def test_base_model_id_flag_on_vector_and_merge(artifacts) -> None:
+    assert (
+        json.loads((artifacts["negated_id"] / "adapter_config.json").read_text())["base_model_name_or_path"] == "org/x"
+    )
+    assert json.loads((artifacts["vector_id"] / "bias_vector.json").read_text())["base"]["hub_id"] == "org/x"
+    assert json.loads((artifacts["vector"] / "bias_vector.json").read_text())["base"]["hub_id"] is None
+    merged = json.loads((artifacts["merged_id"] / "debias_config.json").read_text())["base_model"]
+    assert merged["hub_id"] == merged["name"] == "org/x" and merged["local_only"] is False
 
 
 def test_loader_still_checks_the_base_of_portable_adapters(artifacts, tiny_models) -> None:

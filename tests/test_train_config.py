@@ -11,8 +11,8 @@ from peft_debias.train.config import FLAT_KEYS, ObjectiveConfig, TrainConfig
 
 # The flat keys in the order train_config.json and the artifact's train_config have always had.
 SAVED_KEYS = [
-    "base", "base_model_id", "axis", "corpus", "output", "method", "objective", "kind", "max_steps", "epochs", "lr", "weight_decay",
-    "scheduler", "warmup_ratio", "max_grad_norm", "batch_size", "grad_accum", "max_length", "seed",
+    "base", "base_model_id", "axis", "corpus", "output", "method", "objective", "kind", "max_steps", "epochs", "lr",
+    "weight_decay", "scheduler", "warmup_ratio", "max_grad_norm", "batch_size", "grad_accum", "max_length", "seed",
     "mixed_precision", "eval_fraction", "eval_max_rows", "eval_every", "save_every", "log_every", "world_size", "cda",
     "cda_mode", "keep_ratio", "names", "max_sentences", "r", "alpha", "dropout", "target_modules",
     "num_virtual_tokens", "prompt_init_text", "mlm_probability", "whole_word_mask", "beta", "invariance",
