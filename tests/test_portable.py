@@ -283,3 +283,19 @@ def test_bundled_minilm_adapter_names_its_hub_id(tmp_path) -> None:
     base = json.loads((out / "debias_config.json").read_text())["base_model"]
     assert base["name"] == "bundled:minilm" and base["hub_id"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert_portable(out, [tmp_path, folder])
+
+
+def test_loading_a_portable_adapter_asks_the_hub_nothing(artifacts, tiny_models, monkeypatch) -> None:
+    """peft looks up <base_model_name_or_path>/config.json on the Hub in get_peft_model_state_dict; our loader
+    hides the id for those calls, so a published adapter loads without a request."""
+    import peft.utils.save_and_load as save_and_load
+
+    from peft_debias.loader.attach import load_debias_adapter
+    from peft_debias.models.loading import load_model
+
+    asked: list[str] = []
+    monkeypatch.setattr(save_and_load, "check_file_exists_on_hf_hub", lambda repo, *a, **k: asked.append(repo))
+    model = load_debias_adapter(load_model(str(tiny_models["llama"])).model, artifacts["lora_id"], mode="freeze")
+    assert (
+        asked == [] and model.peft_config[next(iter(model.peft_config))].base_model_name_or_path == "tester/tiny-llama"
+    )

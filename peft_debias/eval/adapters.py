@@ -52,12 +52,12 @@ def _saved_keys(source: str) -> set[str] | None:
 
 
 def _check_fit(peft_model: Any, source: str, adapter_name: str, label: str) -> None:
-    from peft.utils import get_peft_model_state_dict
+    from peft_debias.models.methods import adapter_state_dict
 
     saved = _saved_keys(source)
     if not saved:
         return
-    placed = set(get_peft_model_state_dict(peft_model, adapter_name=adapter_name).keys())
+    placed = set(adapter_state_dict(peft_model, adapter_name).keys())
     missing = sorted(saved - placed)
     if missing:
         raise DebiasError(

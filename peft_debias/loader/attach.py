@@ -157,15 +157,17 @@ def _set_trainability(peft_model: torch.nn.Module, mode: str, freeze_layer_norm:
 
 def _load_weights(peft_model: Any, adapter: AdapterFiles, name: str) -> None:
     """Load ``adapter``'s tensors into the (already injected) adapter ``name``, checking every step."""
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from peft import set_peft_model_state_dict
+
+    from peft_debias.models.methods import adapter_state_dict
 
     base = peft_model.get_base_model()
     model_class = type(base).__name__
-    expected = get_peft_model_state_dict(peft_model, adapter_name=name)
+    expected = adapter_state_dict(peft_model, name)
     given = map_adapter_keys(adapter.weights, set(expected), getattr(base, "base_model_prefix", "") or "")
     check_tensors(adapter, name, expected, given, model_class)
     set_peft_model_state_dict(peft_model, given, adapter_name=name)
-    check_landed(adapter, get_peft_model_state_dict(peft_model, adapter_name=name), given, model_class)
+    check_landed(adapter, adapter_state_dict(peft_model, name), given, model_class)
     logger.info("loaded adapter %r (%s, %d tensors) from %s", name, adapter.method, len(given), adapter.path)
 
 

@@ -168,3 +168,19 @@ def wrap_model(model, method: str, kind: ModelKind, options: MethodOptions | Non
             "use lora or prompt for this architecture",
         )
     return peft_model
+
+
+def adapter_state_dict(peft_model: Any, adapter_name: str = "default") -> dict[str, Any]:
+    """``peft.get_peft_model_state_dict`` without its Hub lookup: when ``base_model_name_or_path`` is not a local
+    folder (a Hub id, as in every published adapter), peft asks the Hub for that repo's ``config.json`` on each call,
+    to see whether the vocabulary grew. peft-debias never resizes the vocabulary, so the id is hidden for the call
+    (an adapter that targets the embeddings still gets them, as with peft's default)."""
+    from peft import get_peft_model_state_dict
+
+    config = peft_model.peft_config[adapter_name]
+    recorded = config.base_model_name_or_path
+    config.base_model_name_or_path = None
+    try:
+        return get_peft_model_state_dict(peft_model, adapter_name=adapter_name)
+    finally:
+        config.base_model_name_or_path = recorded
