@@ -17,7 +17,6 @@ from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, BertCo
 
 from peft_debias.core.errors import DebiasError
 from peft_debias.models import bundled
-from peft_debias.models import loading as models
 from peft_debias.models.loading import (
     LoadedModel,
     ModelKind,

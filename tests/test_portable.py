@@ -19,7 +19,7 @@ from peft_debias.core.portable import is_local_path, portable_adapter_config, po
 from peft_debias.hub.artifact import inspect_artifact
 from peft_debias.hub.portable import publish_base_id, upload_contents
 from peft_debias.models.base_ids import base_record, recorded_hub_id, resolve_base_id, snapshot_id
-from peft_debias.models.loading import SOURCE_FILE, bundled_package_dirs
+from peft_debias.models.bundled import SOURCE_FILE, bundled_package_dirs
 
 from support.eval_helpers import build_small_data
 from support.portable import assert_portable, local_path_leaks

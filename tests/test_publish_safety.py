@@ -7,6 +7,7 @@ folder was checked is refused with one line; files that are not part of the arti
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -100,7 +101,10 @@ def test_dry_run_lists_exactly_what_publish_uploads(planted, hub_server, tmp_pat
     env = client_env(hub_server, tmp_path / "hf")
     no_token = {k: v for k, v in env.items() if k != "HF_TOKEN"}
     requests = len(hub_server.requests)
-    dry = run_client(["-m", "peft_debias", "publish", str(planted), repo, "--skip-load-check", "--dry-run"], no_token)
+    base_id = ["--base-model-id", "tiny-org/tiny-llama"]  # the adapter's base is a local folder
+    dry = run_client(
+        ["-m", "peft_debias", "publish", str(planted), repo, "--skip-load-check", *base_id, "--dry-run"], no_token
+    )
     assert dry.returncode == 0, dry.stderr
     assert len(hub_server.requests) == requests, "a dry run sent a request"
     listed = _lines(dry.stdout)
@@ -108,12 +112,15 @@ def test_dry_run_lists_exactly_what_publish_uploads(planted, hub_server, tmp_pat
     left_out = [line.removeprefix("left out: ").split(" (")[0] for line in listed if line.startswith("left out:")]
     assert left_out == sorted(EXTRAS)
     assert f"adapter_model.safetensors ({(planted / 'adapter_model.safetensors').stat().st_size} bytes)" in listed
-    real = run_client(["-m", "peft_debias", "publish", str(planted), repo, "--skip-load-check"], env)
+    rewritten = [line.split(" (")[0] for line in listed if line.endswith("uploaded as a portable copy)")]
+    assert "adapter_config.json" in rewritten
+    real = run_client(["-m", "peft_debias", "publish", str(planted), repo, "--skip-load-check", *base_id], env)
     assert real.returncode == 0, real.stderr
     assert sorted(hub_server.tree(repo)) == sorted([*would, ".gitattributes"])
     for name in would:
-        if name != "README.md":
+        if name not in ("README.md", *rewritten):
             assert hub_server.file(repo, name) == (planted / name).read_bytes()
+    assert json.loads(hub_server.file(repo, "adapter_config.json"))["base_model_name_or_path"] == "tiny-org/tiny-llama"
     assert folder_hashes(planted) == before  # the local folder is only read
 
 

@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         for name in result.files:
             path = os.path.join(args.folder, name)
             size = "the rendered card" if name == "README.md" else f"{os.path.getsize(path)} bytes"
+            size += ", uploaded as a portable copy" if name in result.rewritten else ""
             print(f"  {name} ({size})")
         for name in result.left_out:
             print(f"  left out: {name} (not part of a {result.kind})")

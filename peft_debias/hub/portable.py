@@ -88,7 +88,8 @@ def upload_contents(artifact: Artifact, base_id: str) -> dict[str, bytes]:
     for name in artifact.files:
         if not name.endswith(".json") or "/" in name:
             continue
-        raw = (artifact.folder / name).read_bytes()
+        with artifact.open(name) as fh:  # not following links, the file inspected
+            raw = fh.read()
         try:
             data = json.loads(raw)
         except ValueError:

@@ -46,6 +46,7 @@ class PublishResult:
     card: str = ""  # the README.md uploaded
     left_out: list[str] = field(default_factory=list)  # files in the folder that are not the artifact's own
     dry_run: bool = False  # nothing was sent: commit and url are empty
+    rewritten: list[str] = field(default_factory=list)  # files uploaded as a portable copy, not as they are
 
 
 def _base_source(base: Mapping[str, Any], base_id: str | None = None) -> str:
@@ -211,7 +212,9 @@ def publish_artifact(
         logger.warning("not uploaded (not part of a %s): %s", artifact.kind, ", ".join(artifact.left_out))
     if dry_run:
         files = [*artifact.files, "README.md"]
-        return PublishResult(repo_id, revision, "", "", artifact.kind, files, [], card, artifact.left_out, True)
+        return PublishResult(
+            repo_id, revision, "", "", artifact.kind, files, [], card, artifact.left_out, True, sorted(contents)
+        )
     from peft_debias.hub.session import HubSession
 
     session = HubSession(token)
@@ -225,5 +228,6 @@ def publish_artifact(
         "published %s to %s@%s (%d files, commit %s)", artifact.folder, repo_id, revision, len(files), commit.oid
     )
     return PublishResult(
-        repo_id, revision, commit.oid, commit.commit_url, artifact.kind, files, deleted, card, artifact.left_out
-    )
+        repo_id, revision, commit.oid, commit.commit_url, artifact.kind, files, deleted, card, artifact.left_out,
+        False, sorted(contents),
+    )  # fmt: skip
