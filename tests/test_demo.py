@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from support.portable import assert_portable
+
 
 @pytest.fixture(scope="module")
 def demo_run(tiny_models: dict[str, Path], data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
@@ -43,6 +45,12 @@ def test_demo_prints_a_line_per_stage_and_the_total(demo_run) -> None:
         assert stage in result.stdout
     assert "demo finished in" in result.stdout
     assert not (out / ".work").exists() and not list(out.parent.glob(".demo*"))
+
+
+@pytest.mark.e2e
+def test_demo_output_carries_no_local_path(demo_run, tiny_models: dict[str, Path], data_dir: Path) -> None:
+    out, _ = demo_run
+    assert_portable(out, extra=[out.parent, data_dir, *tiny_models.values()])
 
 
 @pytest.mark.e2e

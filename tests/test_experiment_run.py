@@ -17,6 +17,7 @@ from peft_debias.train.adapter import train_adapter
 from peft_debias.train.config import TrainConfig
 
 from support.eval_helpers import build_small_data, single_thread  # noqa: F401  (autouse fixture)
+from support.portable import assert_portable
 from support.tiny_models import CORPUS
 
 pytestmark = pytest.mark.integration
@@ -58,6 +59,8 @@ def test_tiny_grid_end_to_end_and_rerun_of_one_cell(tiny_llama, small_data, tmp_
     summary = run.summary
     assert summary is not None and {c["kind"] for c in summary["configs"]} == {"adapter", "vector"}
     assert (out / "report.md").is_file() and (out / "bias_vs_quality.png").is_file()
+    for name in ("summary.json", "results.csv", "report.md"):  # models and corpora by name, not by local folder
+        assert_portable(out / name, extra=[tmp_path, small_data, tiny_llama])
     # delete one adapter cell: only that one trains again, nothing else runs
     calls: list[bool] = []
     real = train_mod.train_adapter

@@ -39,6 +39,8 @@ def test_local_paths_are_told_from_hub_ids_and_names() -> None:
     assert portable_name("/data/gutenberg/") == "gutenberg" and portable_name("org/name") == "org/name"
     record = {"a": ["/x/corpus.txt", "org/x"], "b": {"c": "~/m"}, "n": 1, "regex": ".*\\.bias"}
     assert scrub_local_paths(record) == {"a": ["corpus.txt", "org/x"], "b": {"c": "m"}, "n": 1, "regex": ".*\\.bias"}
+    by_model = {"/home/me/a/model": 1, "/srv/b/model": 2, "org/model": 3}  # keys too, kept apart
+    assert scrub_local_paths(by_model) == {"model": 1, "model (2)": 2, "org/model": 3}
     config = {"base_model_name_or_path": "/x/llama", "tokenizer_name_or_path": "/x/llama", "r": 8}
     assert portable_adapter_config(config, "org/llama") == {
         "base_model_name_or_path": "org/llama",

@@ -35,10 +35,18 @@ def portable_name(text: Any) -> Any:
 
 
 def scrub_local_paths(value: Any) -> Any:
-    """A copy of a JSON-like ``value`` (dicts, lists, strings, numbers) with every string that is a local path
-    replaced by its last part (:func:`portable_name`); keys are kept."""
+    """A copy of a JSON-like ``value`` (dicts, lists, strings, numbers) with every string that is a local path,
+    dict keys included, replaced by its last part (:func:`portable_name`); a key that would then repeat another
+    gets a ``" (2)"``, ``" (3)"``... suffix."""
     if isinstance(value, Mapping):
-        return {k: scrub_local_paths(v) for k, v in value.items()}
+        out: dict[Any, Any] = {}
+        for key, item in value.items():
+            name, n = portable_name(key), 1
+            while name in out:
+                n += 1
+                name = f"{portable_name(key)} ({n})"
+            out[name] = scrub_local_paths(item)
+        return out
     if isinstance(value, (list, tuple)):
         return [scrub_local_paths(v) for v in value]
     return portable_name(value)

@@ -32,6 +32,7 @@ from typing import Any
 from peft_debias.core.bounds import check_minimums
 from peft_debias.core.errors import DebiasError
 from peft_debias.core.jsonio import write_json
+from peft_debias.core.portable import scrub_local_paths
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ def run_demo(config: DemoConfig | None = None, *, on_stage: Callable[[str], None
     with atomic_output(cfg.output, overwrite=cfg.overwrite, directory=True) as out:
         runs = _causal_stages(cfg, data_dir, novels, out, clock)
         encoder = _encoder_stages(cfg, data_dir, novels, out, clock) if cfg.encoder_model else {}
-        summary = {
+        summary = scrub_local_paths({  # what is written names files, never this machine's folders
             "config": asdict(cfg),
             "data_dir": str(data_dir),
             "training_text": novels,
@@ -189,7 +190,7 @@ def run_demo(config: DemoConfig | None = None, *, on_stage: Callable[[str], None
             "encoder": encoder,
             "stages": clock.stages,
             "seconds": round(time.perf_counter() - clock.start, 1),
-        }
+        })
         write_report(summary, out)
         write_json(out / "summary.json", summary)
     clock.done("report", f"{Path(cfg.output) / 'report.md'} (total {summary['seconds']:.0f} s)")
@@ -225,7 +226,7 @@ def _eval_options(cfg: DemoConfig, data_dir: Path) -> dict[str, Any]:
 
 def _save(results: dict[str, Any], out: Path, name: str) -> str:
     path = out / "results" / f"{name}.json"
-    write_json(path, results)
+    write_json(path, scrub_local_paths(results))
     return str(path.relative_to(out))
 
 

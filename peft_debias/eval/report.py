@@ -16,6 +16,7 @@ from typing import Any
 
 from peft_debias.core.atomic import atomic_output
 from peft_debias.core.errors import DebiasError
+from peft_debias.core.portable import scrub_local_paths
 from peft_debias.eval.formatting import format_ci as _ci
 from peft_debias.eval.formatting import format_number as _num
 from peft_debias.eval.formatting import format_p as _p
@@ -161,8 +162,9 @@ def _multi(runs: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def markdown_report(results: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> str:
-    """Markdown for one results dict (full tables) or several (one column each)."""
-    runs = [results] if isinstance(results, Mapping) else list(results)
+    """Markdown for one results dict (full tables) or several (one column each); a model, adapter or data file
+    given as a local path is shown by its last part, as in the results file."""
+    runs = [scrub_local_paths(results)] if isinstance(results, Mapping) else [scrub_local_paths(r) for r in results]
     if not runs:
         raise DebiasError("no results to report", "pass at least one results file")
     return "\n".join(_single(runs[0]) if len(runs) == 1 else _multi(runs))

@@ -18,6 +18,7 @@ from typing import Any
 
 from peft_debias.core.atomic import atomic_output
 from peft_debias.core.jsonio import dumps
+from peft_debias.core.portable import scrub_local_paths
 from peft_debias.eval.formatting import format_ci
 from peft_debias.eval.formatting import format_number as _f
 from peft_debias.eval.formatting import format_p as _p
@@ -299,9 +300,10 @@ def plot_lambda_curves(summary: Mapping[str, Any]) -> Any:
 def write_outputs(summary: dict[str, Any], output: Path) -> list[Path]:
     """Write the charts, ``summary.json``, ``results.csv`` and ``report.md`` into ``output``, each atomically."""
     output = Path(output)
+    portable = scrub_local_paths(summary)  # models and corpora by name: no folder of this machine in the outputs
     written, charts = [], []
     for name, draw in zip(CHARTS, (plot_bias_vs_quality, plot_lambda_curves), strict=True):
-        fig = draw(summary)
+        fig = draw(portable)
         if fig is None:
             (output / name).unlink(missing_ok=True)  # a stale chart from an earlier grid
             continue
@@ -310,11 +312,11 @@ def write_outputs(summary: dict[str, Any], output: Path) -> list[Path]:
         _plt().close(fig)
         charts.append(name)
         written.append(output / name)
-    summary["charts"] = charts
+    summary["charts"] = portable["charts"] = charts
     texts = {
-        "summary.json": dumps(summary, indent=1) + "\n",
-        "results.csv": results_csv(summary),
-        "report.md": markdown_report(summary),
+        "summary.json": dumps(portable, indent=1) + "\n",
+        "results.csv": results_csv(portable),
+        "report.md": markdown_report(portable),
     }
     for name, text in texts.items():
         with atomic_output(output / name, overwrite=True) as tmp:
