@@ -222,7 +222,7 @@ else:
     debiased = st.encode(texts, convert_to_tensor=True)
     out["st"] = {"modules": [type(m).__name__ for m in st], "base": gap(plain, pooled(base)),
                  "adapter": gap(debiased, pooled(ours)), "changed": gap(debiased, plain),
-                 "active": st.active_adapters()}
+                 "active": st.active_adapters() if api else None}  # refused with transformers' adapter API
 print(json.dumps(out))
 """
 
@@ -248,7 +248,9 @@ def test_sentence_transformers_loads_the_adapter(encoder) -> None:
     assert st["modules"] == ["Transformer", "Pooling", "Normalize"]
     assert st["base"] < SAME, "SentenceTransformer(id) must mean-pool and normalise like the served repo says"
     assert st["adapter"] < SAME, "SentenceTransformer.load_adapter(repo) must give our loader's embeddings"
-    assert st["changed"] > CHANGED / 10 and st["active"] == ["default"]
+    assert st["changed"] > CHANGED / 10
+    problem = transformers_adapter_api_problem()  # load_adapter still works then, active_adapters() is refused
+    assert st["active"] == (None if problem else ["default"])
 
 
 LM_EVAL = r"""
