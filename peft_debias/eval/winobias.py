@@ -44,13 +44,17 @@ class WinoBiasItem:
     source: str  # "<file>:<line number>"
 
 
+def _lines(path: Path) -> list[str]:
+    """The lines of a WinoBias file; a one-line error if it is missing."""
+    if not path.is_file():
+        raise DebiasError(f"{path} is missing", "point --data-dir at a data folder with winobias/ (SOURCE.md)")
+    return path.read_text(encoding="utf-8").splitlines()
+
+
 def _occupations(folder: Path) -> re.Pattern[str]:
     names = []
     for name in ("male_occupations.txt", "female_occupations.txt"):
-        path = folder / name
-        if not path.is_file():
-            raise DebiasError(f"{path} is missing", "point --data-dir at a data folder with winobias/ (SOURCE.md)")
-        names += [line.strip().lower() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        names += [line.strip().lower() for line in _lines(folder / name) if line.strip()]
     alternatives = "|".join(re.escape(n) for n in sorted(set(names), key=len, reverse=True))
     return re.compile(rf"\b({alternatives})s?\b", re.IGNORECASE)
 
@@ -66,8 +70,8 @@ def parse_line(line: str, occupations: re.Pattern[str], source: str, stereotype:
         if found.group(1).lower() not in names:
             names.append(found.group(1).lower())
     candidates = names[:2]
-    hits = [i for i, n in enumerate(candidates) if referents and occupations.search(referents[0]).group(1).lower() == n]
-    if len(candidates) < 2 or len(referents) != 1 or pronoun is None or len(hits) != 1:
+    referent = occupations.search(referents[0]).group(1).lower() if len(referents) == 1 else None
+    if len(candidates) < 2 or referent not in candidates or pronoun is None:
         raise DebiasError(f"{source}: not a WinoBias line ({line.strip()[:80]!r})", "restore the file (SOURCE.md)")
     marked, done = [], False
     for piece in re.split(r"(\[[^\]]*\])", text):
@@ -79,7 +83,8 @@ def parse_line(line: str, occupations: re.Pattern[str], source: str, stereotype:
             marked.append(inner if inner is not None else piece)
     clean = re.sub(r"\s+", " ", "".join(marked)).strip()
     return WinoBiasItem(
-        clean, (candidates[0], candidates[1]), hits[0], PRONOUNS[pronoun.lower()], stereotype, kind, source
+        clean, (candidates[0], candidates[1]), candidates.index(referent), PRONOUNS[pronoun.lower()], stereotype, kind,
+        source,
     )
 
 
@@ -97,9 +102,7 @@ def load_winobias(
             raise DebiasError(f"unknown WinoBias stereotype {stereotype!r}", f"use one of {', '.join(STEREOTYPES)}")
         for kind in types:
             path = folder / f"{stereotype}_stereotyped_type{kind}.txt.{split}"
-            if not path.is_file():
-                raise DebiasError(f"{path} is missing", "point --data-dir at a data folder with winobias/ (SOURCE.md)")
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for number, line in enumerate(_lines(path), 1):
                 if line.strip():
                     items.append(parse_line(line, occupations, f"{path.name}:{number}", stereotype, kind))
     return items
