@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("cda", "models", "cards"),
     ("loader",),  # below eval: eval applies the loader's adapter checks (recorded base, finite tensors)
     ("eval",),
-    ("train", "vector"),
+    ("train", "vector", "downstream"),
     ("hub",),
     ("demo", "experiment", "evaluate_modules"),
     ("cli",),

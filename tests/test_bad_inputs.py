@@ -418,6 +418,28 @@ def axis_file(ctx: Ctx, **change: object) -> str:
     return ctx.file("toy.json", json.dumps(axis))
 
 
+def _downstream(ctx: Ctx, *extra: str, model: str = "bert", data: Path | None = None) -> list[str]:
+    where = ["--data-dir", str(data or ctx.data)]
+    return ["downstream", "--model", ctx.m(model), "--output", str(ctx.out), "--max-steps", "1", *where, *extra]
+
+
+def _winobias_without(ctx: Ctx, name: str) -> Path:
+    """A data folder whose winobias/ lacks the file ``name``."""
+    folder = shutil.copytree(ctx.data / "winobias", ctx.tmp / "data" / "winobias")
+    (folder / name).unlink()
+    return folder.parent
+
+
+def _classifier_head(ctx: Ctx, n_labels: int) -> str:
+    """The tiny BERT recorded as a sequence classifier with ``n_labels`` outputs."""
+    folder = shutil.copytree(ctx.models["bert"], ctx.tmp / f"classifier{n_labels}")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(architectures=["BertForSequenceClassification"], id2label={str(i): f"c{i}" for i in range(n_labels)})
+    config["label2id"] = {f"c{i}": i for i in range(n_labels)}
+    (folder / "config.json").write_text(json.dumps(config))
+    return str(folder)
+
+
 def scratch_folders() -> list[Path]:
     """This process's CDA tables in $TMPDIR (a row must leave none behind)."""
     return sorted(Path(tempfile.gettempdir()).glob(f"peft-debias-cda-*-{os.getpid()}-*"))
@@ -692,6 +714,23 @@ CATALOGUE: list[Row] = [
     ("publish-bad-base-model-id",
      lambda c: ["publish", c.m("adapter"), "tester/x", "--skip-load-check", "--base-model-id", "~/llama"],
      "--base-model-id '~/llama'"),
+    ("downstream-adapter-of-another-base", lambda c: _downstream(c, "--adapter", c.m("adapter")),
+     "was trained on an unrecorded base (backbone fingerprint"),
+    ("downstream-winobias-file-missing",
+     lambda c: _downstream(c, data=_winobias_without(c, "anti_stereotyped_type1.txt.test")),
+     "anti_stereotyped_type1.txt.test is missing"),
+    ("downstream-csv-without-group",
+     lambda c: _downstream(c, "--task", "csv", "--train-file", c.file("t.csv", "text,label\nShe codes.,1\n")),
+     "t.csv row 1 lacks column(s) group"),
+    ("downstream-csv-without-label",
+     lambda c: _downstream(c, "--task", "csv", "--train-file", c.file("t.csv", "text,group\nShe codes.,female\n")),
+     "t.csv row 1 lacks column(s) label"),
+    ("downstream-head-size-mismatch",
+     lambda c: ["downstream", "--model", _classifier_head(c, 3), "--output", str(c.out), "--data-dir", str(c.data)],
+     "has a 3-way classification head (BertForSequenceClassification) but the task has 2 labels"),
+    ("downstream-output-exists", lambda c: _downstream(c, "--output", str(c.tmp)), "already exists"),
+    ("downstream-unknown-task", lambda c: _downstream(c, "--task", "biasbios"), "use one of winobias, csv"),
+    ("downstream-anti-share-above-one", lambda c: _downstream(c, "--anti-share", "1.5"), "must be <= 1.0"),
 ]
 # fmt: on
 
@@ -758,7 +797,18 @@ def test_catalogue_is_large_and_cross_command() -> None:
     ids = [row[0] for row in CATALOGUE]
     assert len(ids) == len(set(ids)) >= 30
     commands = {i.split("-")[0] for i in ids}
-    assert commands == {"cda", "train", "eval", "vector", "merge", "biased", "demo", "experiment", "publish"}
+    assert commands == {
+        "cda",
+        "train",
+        "eval",
+        "vector",
+        "merge",
+        "biased",
+        "demo",
+        "experiment",
+        "publish",
+        "downstream",
+    }
 
 
 @pytest.mark.parametrize(

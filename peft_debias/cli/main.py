@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "biased": "peft_debias.cli.biased",
     "cda": "peft_debias.cli.cda",
     "demo": "peft_debias.cli.demo",
+    "downstream": "peft_debias.cli.downstream",
     "merge": "peft_debias.cli.merge",
     "publish": "peft_debias.cli.publish",
     "eval": "peft_debias.cli.eval",
