@@ -45,6 +45,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 def run(args: argparse.Namespace) -> int:
     from peft_debias.core.errors import DebiasError
     from peft_debias.experiment import load_experiment_config, run_experiment
+    from peft_debias.experiment.config import read_experiment_yaml
 
     if not getattr(args, "verbose", 0):  # a long run: show one line per cell even at the default verbosity
         import logging
@@ -57,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.dry_run and args.report_only:
         raise DebiasError("--dry-run and --report-only exclude each other", "pass one of them")
+    data = read_experiment_yaml(args.config)
+    if isinstance(data, dict) and "downstream" in data:
+        return _run_downstream(data, args)
     config = load_experiment_config(args.config)
     result = run_experiment(
         config,
@@ -79,4 +83,27 @@ def run(args: argparse.Namespace) -> int:
         f"experiment {config.name}: {len(result.computed)} cells computed, {len(result.cached)} cached, "
         f"{len(result.missing)} missing -> {result.output}/report.md"
     )
+    return 0
+
+
+def _run_downstream(data: dict, args: argparse.Namespace) -> int:
+    """A ``downstream:`` experiment (:mod:`peft_debias.experiment.downstream`)."""
+    from pathlib import Path
+
+    from peft_debias.core.errors import DebiasError
+    from peft_debias.experiment.downstream import parse_downstream, run_downstream_grid
+
+    if args.dry_run or args.keep_biased:
+        raise DebiasError("--dry-run and --keep-biased are not for downstream experiments", "leave them out")
+    grid = parse_downstream(data)
+    output = Path(args.output or Path("experiments") / grid.name)
+    summary = run_downstream_grid(
+        grid,
+        output,
+        data_dir=args.data_dir,
+        report_only=args.report_only,
+        shard=parse_shard(args.shard) if args.shard else None,
+    )
+    done = sum(len(a["seeds"]) for a in summary["arms"].values())
+    print(f"downstream experiment {grid.name}: {done} of {len(grid.runs())} runs finished -> {output}/report.md")
     return 0

@@ -308,8 +308,8 @@ def _seeds(value: Any, where: str) -> list[int]:
     return list(dict.fromkeys(value))
 
 
-def load_experiment_config(path: str | Path) -> ExperimentConfig:
-    """Read and validate an experiment YAML file (``name`` defaults to the file's stem)."""
+def read_experiment_yaml(path: str | Path) -> Any:
+    """The content of an experiment YAML file (``name`` defaults to the file's stem); one-line errors."""
     import yaml
 
     path = Path(path)
@@ -321,4 +321,9 @@ def load_experiment_config(path: str | Path) -> ExperimentConfig:
         raise _err(f"experiment config {path} is not valid YAML ({one_line(err, 160)})", "fix the syntax") from err
     if isinstance(data, dict):
         data.setdefault("name", path.stem)
-    return ExperimentConfig.from_dict(data, source=f"experiment config {path}")
+    return data
+
+
+def load_experiment_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate an experiment YAML file (``name`` defaults to the file's stem)."""
+    return ExperimentConfig.from_dict(read_experiment_yaml(path), source=f"experiment config {path}")
