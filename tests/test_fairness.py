@@ -153,32 +153,34 @@ def test_recipe_tpr_gap_is_large_for_a_shortcut_model_and_small_for_a_balanced_o
     results = {}
     for train in ("shortcut", "balanced"):
         output = tmp_path / train
-        argv = ["--base", str(tiny_models["bert"]), "--adapter", str(adapter), "--data", str(shortcut_data[train])]
-        argv += ["--eval-data", str(shortcut_data["test"]), "--output", str(output), "--identity-terms", "he,she"]
+        argv = ["--model", str(tiny_models["bert"]), "--adapter", str(adapter)]
+        argv += ["--train-file", str(shortcut_data[train]), "--test-file", str(shortcut_data["test"])]
+        argv += ["--output", str(output), "--identity-terms", "he,she", "--no-save-model"]
         # lr 1e-2: 9 of 9 (data seed, training seed) combinations tried gave TPR-GAP 100 vs 0 (5e-3: 7 of 9)
         argv += ["--epochs", "8", "--lr", "1e-2", "--batch-size", "16", "--seed", "0"]
         assert recipe.main(argv) == 0
         assert sorted(p.name for p in output.iterdir()) == ["metrics.json", "predictions.jsonl"]
         results[train] = json.loads((output / "metrics.json").read_text())
         assert len((output / "predictions.jsonl").read_text().splitlines()) == 64
-    short, fair = results["shortcut"]["metrics"], results["balanced"]["metrics"]
+    short, fair = results["shortcut"], results["balanced"]
     for result in results.values():
-        assert result["adapters_unchanged"] is True and result["data"]["eval_rows"] == 64
-        assert set(result["metrics"]) >= {"accuracy", "macro_f1", "tpr_gap_rms", "tpr_gaps", "fprd", "fprd_terms"}
+        assert result["adapters_unchanged"] is True and result["n_test"] == 64
+        assert set(result) >= {"accuracy", "macro_f1", "tpr_gap", "tpr_gaps", "fprd", "fprd_terms"}
     # The shortcut model predicts from the pronoun: on the balanced test set TPR-GAP and FPRD are large.
-    assert short["tpr_gap_rms"] > 60 and short["fprd"] > 0.6 and short["accuracy"] < 0.75
-    assert fair["tpr_gap_rms"] < 20 and fair["fprd"] < 0.2 and fair["accuracy"] > 0.9
-    assert short["tpr_gap_rms"] - fair["tpr_gap_rms"] > 50
+    assert short["tpr_gap"] > 60 and short["fprd"] > 0.6 and short["accuracy"] < 75
+    assert fair["tpr_gap"] < 20 and fair["fprd"] < 0.2 and fair["accuracy"] > 90
+    assert short["tpr_gap"] - fair["tpr_gap"] > 50
 
 
 @pytest.mark.integration
 def test_recipe_bad_input_is_one_line(recipe, tiny_models, shortcut_data, tmp_path, capsys) -> None:
-    common = ["--base", str(tiny_models["bert"]), "--data", str(shortcut_data["test"]), "--output", str(tmp_path / "o")]
+    common = ["--model", str(tiny_models["bert"]), "--train-file", str(shortcut_data["test"])]
+    common += ["--output", str(tmp_path / "o")]
     assert recipe.main([*common, "--groups", "m,f"]) == 2
     assert recipe.main([*common, "--adapter", str(tmp_path / "missing")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 2 and all(line.startswith("downstream_classifier: error: ") for line in lines)
-    assert "no evaluation row of group 'm'" in lines[0] and "not found" in lines[1]
+    assert len(lines) == 2 and all(line.startswith("peft-debias: error: ") for line in lines)
+    assert "no test row of group 'm'" in lines[0] and "not found" in lines[1]
     assert not (tmp_path / "o").exists()
 
 
@@ -195,8 +197,8 @@ def test_recipe_under_accelerate_launch_with_two_ranks(tiny_models, tmp_path_fac
     output = tmp_path / "out"
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    command += ["--main_process_port", str(_free_port()), str(RECIPE), "--base", str(tiny_models["bert"])]
-    command += ["--adapter", str(adapter), "--data", str(data), "--output", str(output), "--max-steps", "2"]
+    command += ["--main_process_port", str(_free_port()), str(RECIPE), "--model", str(tiny_models["bert"])]
+    command += ["--adapter", str(adapter), "--train-file", str(data), "--output", str(output), "--max-steps", "2"]
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

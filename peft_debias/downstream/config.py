@@ -26,6 +26,13 @@ class DownstreamConfig:
     label_column: str = field(default="label", metadata={"help": "csv task: column with the class label"})
     group_column: str = field(default="group", metadata={"help": "csv task: column with the demographic group"})
     groups: str = field(default="male,female", metadata={"help": "the two groups compared by TPR-GAP"})
+    identity_terms: str | None = field(
+        default=None, metadata={"help": "csv task: comma-separated FPRD identity terms (default: the axis words)"}
+    )
+    axis: str = field(default="gender", metadata={"help": "csv task: axis whose words are the FPRD identity terms"})
+    positive_label: str | None = field(
+        default=None, metadata={"help": "csv task: FPRD positive label (default: 1 when the labels are 0/1)"}
+    )
     anti_share: float = field(
         default=0.0,
         metadata={

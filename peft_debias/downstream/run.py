@@ -163,11 +163,8 @@ def _record(config: DownstreamConfig, task: TaskData, metrics: dict[str, Any], t
             "n_test": len(task.test),
             "labels": task.labels,
             "train_stereotypes": dict(Counter(r.stereotype for r in task.train if r.stereotype)),
-            "train": {
-                "steps": trained["steps"],
-                "first_loss": trained["first_loss"],
-                "final_loss": trained["final_loss"],
-            },
+            "train": {k: trained[k] for k in ("steps", "first_loss", "final_loss", "world_size")},
+            "adapters_unchanged": trained["adapters_unchanged"],
             "config": asdict(config),
             "versions": versions(),
         }
@@ -200,7 +197,9 @@ def run_downstream(config: DownstreamConfig) -> dict[str, Any] | None:
     trained = _train(model, config, train_loader, accelerator, len(task.train))
     predictions = _predict(trained["model"], test_loader, accelerator, len(task.test))
     unwrapped = accelerator.unwrap_model(trained["model"])
-    if config.adapter and _digest(adapter_parameters(unwrapped)) != before:
+    trained["world_size"] = accelerator.num_processes
+    trained["adapters_unchanged"] = None if before is None else _digest(adapter_parameters(unwrapped)) == before
+    if trained["adapters_unchanged"] is False:
         raise RuntimeError("a frozen adapter changed during fine-tuning")
     labels = [task.labels[p] for p in predictions]
     result = None

@@ -152,10 +152,32 @@ def _csv(config: DownstreamConfig) -> TaskData:
             "macro_f1": 100 * fairness.macro_f1(truth, predictions),
             "tpr_gap": fairness.tpr_gap_rms(truth, predictions, group, groups),
             "tpr_gaps": {str(k): v for k, v in gaps.items()},
+            **_fprd(config, test, labels, predictions),
             "n_test": len(test),
         }
 
     return TaskData(train, test, labels, score)
+
+
+def _fprd(config: DownstreamConfig, test: list[Example], labels: list[Any], predictions: Sequence[Any]) -> dict:
+    """FPRD over the identity terms (the axis words unless given); None with a note when it is undefined."""
+    from peft_debias.cda.axes import get_axis
+
+    given = config.identity_terms
+    terms = [t.strip() for t in given.split(",")] if given else get_axis(config.axis).terms
+    positive: Any = config.positive_label
+    if positive is None and set(labels) == {0, 1}:
+        positive = 1
+    elif positive is not None and isinstance(labels[0], int):
+        positive = int(positive)
+    if positive is None:
+        return {"fprd": None, "fprd_note": "labels are not 0/1: pass --positive-label"}
+    truth, texts = [r.label for r in test], [r.text for r in test]
+    try:
+        per_term = fairness.fprd_per_term(truth, predictions, texts, terms, positive)
+    except DebiasError as err:
+        return {"fprd": None, "fprd_note": str(err)}
+    return {"fprd": float(sum(abs(v) for v in per_term.values())), "fprd_terms": per_term}
 
 
 TASKS: dict[str, Callable[[DownstreamConfig], TaskData]] = {"winobias": _winobias, "csv": _csv}
