@@ -312,7 +312,9 @@ def load_debias_adapter(
         token: Hub token for private repos.
 
     Returns:
-        The ``PeftModel`` (freeze / inference; several LoRA adapters are active together) or the merged plain
+        The ``PeftModel`` (freeze / inference; several LoRA adapters are active together) whose
+        ``save_pretrained`` writes the whole fine-tuned model with its adapters (:mod:`peft_debias.loader.saving`;
+        reload with :func:`~peft_debias.loader.downstream.load_downstream`), or the merged plain
         model (merge, in eval mode with its ``requires_grad`` flags unchanged). Freeze keeps the model's train/eval
         mode.
 
@@ -351,5 +353,9 @@ def load_debias_adapter(
         peft_model.base_model.set_adapter(active + names)  # several LoRA axes at once (marks them trainable)
     _set_trainability(peft_model, mode, freeze_layer_norm)
     peft_model.train(training and mode == "freeze")
+    from peft_debias.loader.saving import adapter_record, adopt  # save_pretrained writes the whole model
+
+    records = {name: adapter_record(adapter) for adapter, name in zip(adapters, names, strict=True)}
+    peft_model = adopt(peft_model, records, freeze_layer_norm)
     logger.info("adapters %s loaded in %s mode", ", ".join(names), mode)
     return peft_model
