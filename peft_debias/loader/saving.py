@@ -31,7 +31,7 @@ from peft import PeftModel, PeftModelForCausalLM, PeftModelForFeatureExtraction,
 
 from peft_debias.core.errors import DebiasError
 from peft_debias.core.jsonio import write_json
-from peft_debias.core.portable import is_local_path, portable_adapter_config, portable_name, scrub_local_paths
+from peft_debias.core.portable import is_local_path, portable_adapter_config, scrub_local_paths
 from peft_debias.core.provenance import DEBIAS_CONFIG
 
 logger = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ def save_downstream(
     write_json(folder / MARKER, info)
     records = getattr(peft_model, RECORDS, {})
     adapters = [{"name": n, **(records.get(n) or {"source": "?"})} for n in info["adapters"]]
-    (folder / "README.md").write_text(render_downstream_card(info, adapters, portable_name(str(folder))), "utf-8")
+    (folder / "README.md").write_text(render_downstream_card(info, adapters, folder.resolve().name), "utf-8")
     logger.info("saved the fine-tuned model with adapters %s to %s", ", ".join(info["adapters"]), folder)
 
 
@@ -253,14 +253,11 @@ class DownstreamPeftModelForSeq2SeqLM(DownstreamSaveMixin, PeftModelForSeq2SeqLM
     """``PeftModelForSeq2SeqLM`` whose ``save_pretrained`` saves the whole model."""
 
 
-_CLASSES = {
-    cls.__mro__[2]: cls
-    for cls in (
-        DownstreamPeftModel,
-        DownstreamPeftModelForFeatureExtraction,
-        DownstreamPeftModelForCausalLM,
-        DownstreamPeftModelForSeq2SeqLM,
-    )
+_CLASSES: dict[type, type] = {
+    PeftModel: DownstreamPeftModel,
+    PeftModelForFeatureExtraction: DownstreamPeftModelForFeatureExtraction,
+    PeftModelForCausalLM: DownstreamPeftModelForCausalLM,
+    PeftModelForSeq2SeqLM: DownstreamPeftModelForSeq2SeqLM,
 }
 
 
