@@ -27,7 +27,7 @@ _EXPORTS = {
     "ModelKind": "peft_debias.models.loading",
     "BiasVector": "peft_debias.vector.bias_vector",
     "load_debias_adapter": "peft_debias.loader.attach",
-    "load_downstream": "peft_debias.loader.downstream",
+    "load_downstream": "peft_debias.loader.reload",
     "evaluate_bias": "peft_debias.eval",
     "publish_artifact": "peft_debias.hub.publish",
 }

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from peft_debias.core.errors import DebiasError
 from peft_debias.loader.attach import adapter_parameters, load_debias_adapter
-from peft_debias.loader.downstream import load_downstream
+from peft_debias.loader.reload import load_downstream
 from peft_debias.loader.saving import DownstreamSaveMixin
 
 from support.loader import (

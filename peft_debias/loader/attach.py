@@ -314,7 +314,7 @@ def load_debias_adapter(
     Returns:
         The ``PeftModel`` (freeze / inference; several LoRA adapters are active together) whose
         ``save_pretrained`` writes the whole fine-tuned model with its adapters (:mod:`peft_debias.loader.saving`;
-        reload with :func:`~peft_debias.loader.downstream.load_downstream`), or the merged plain
+        reload with :func:`~peft_debias.loader.reload.load_downstream`), or the merged plain
         model (merge, in eval mode with its ``requires_grad`` flags unchanged). Freeze keeps the model's train/eval
         mode.
 

@@ -13,7 +13,7 @@ then write::
     dir/README.md                        a model card naming the adapters and how to reload
 
 ``AutoModelFor...from_pretrained(dir)`` loads the root: the fine-tuned model WITHOUT the adapters.
-:func:`peft_debias.loader.downstream.load_downstream` rebuilds the model with its adapters, bit for bit. Peft's
+:func:`peft_debias.loader.reload.load_downstream` rebuilds the model with its adapters, bit for bit. Peft's
 own adapter-only save stays available as ``peft.PeftModel.save_pretrained(model, dir)``.
 """
 
