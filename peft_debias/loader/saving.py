@@ -178,17 +178,19 @@ def save_downstream(
     """Write the downstream layout (see the module docstring) of ``peft_model`` into ``save_directory``."""
     from peft_debias.cards.downstream import render_downstream_card
 
+    if not is_main_process:  # the other ranks' state dicts may be partial (ZeRO-3): they write nothing
+        return
     folder = Path(save_directory)
     if folder.is_file():
         raise DebiasError(f"{folder} is a file", "pass a folder to save_pretrained")
     clean = plain_state_dict(peft_model, state_dict)
-    if not is_main_process:
-        return
     if save_function is not None:  # transformers >= 5 always writes safetensors itself; so do the adapters
         logger.debug("save_function ignored: the downstream layout is written as safetensors")
     folder.mkdir(parents=True, exist_ok=True)
-    if (folder / "adapter_config.json").is_file():  # left by an adapter-only save: the root would read as one
-        (folder / "adapter_config.json").unlink()
+    for stale in ("adapter_config.json", "adapter_model.safetensors"):  # an adapter-only save's root files
+        if (folder / stale).is_file():
+            logger.info("removing %s from %s: the root would read as an adapter", stale, folder)
+            (folder / stale).unlink()
     base = peft_model.get_base_model()
     base.save_pretrained(str(folder), state_dict=clean, is_main_process=True)
     for name in _adapter_names(peft_model):
