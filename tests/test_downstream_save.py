@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import shutil
 import socket
@@ -31,12 +32,13 @@ from support.loader import (
 REPO = Path(__file__).resolve().parents[1]
 IDS = torch.arange(5, 37).reshape(4, 8)  # no pad token in it (the llama classifier pools the last non-pad token)
 LABELS = torch.tensor([0, 1, 0, 1])
+SEED = 11
 
 
 @pytest.fixture(scope="module")
 def adapter(tiny_models, tmp_path_factory):
-    def get(model: str, method: str, axis: str = "gender") -> Path:
-        return trained_adapter(tiny_models, tmp_path_factory, model, method, axis)
+    def get(model: str, method: str, axis: str = "gender") -> Path:  # fixed seed: the same adapters every session
+        return trained_adapter(tiny_models, tmp_path_factory, model, method, axis, seed=SEED)
 
     return get
 
@@ -187,7 +189,7 @@ def test_given_state_dict_and_is_main_process_are_honoured(tiny_models, adapter,
     assert any(torch.equal(value, state[lora]) for value in saved.values())
 
 
-def test_two_stacked_axes_are_saved_and_active_after_reload(tiny_models, adapter, tmp_path) -> None:
+def test_two_stacked_axes_are_saved_and_active_after_reload(tiny_models, adapter, tmp_path, caplog) -> None:
     folders = [adapter("bert", "lora", "gender"), adapter("bert", "lora", "race")]
     model = load_debias_adapter(classifier(tiny_models), folders, mode="freeze")
     fine_tune(model)
@@ -196,7 +198,13 @@ def test_two_stacked_axes_are_saved_and_active_after_reload(tiny_models, adapter
     info = json.loads((tmp_path / "both/downstream.json").read_text())
     assert info["adapters"] == info["active"] == ["gender", "race"]
     assert "| race | race | lora |" in (tmp_path / "both/README.md").read_text()
-    reloaded = load_downstream(tmp_path / "both")
+    with caplog.at_level(logging.WARNING, logger="peft_debias"):
+        reloaded = load_downstream(tmp_path / "both")
+        mismatch = [r for r in caplog.records if "allow_base_mismatch" in r.getMessage()]
+        assert not mismatch, "the fine-tuned base differs from the adapters' recorded one by design: no warning"
+        fine_tuned = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "both"))
+        load_debias_adapter(fine_tuned, folders[0], allow_base_mismatch=True)
+        assert any("allow_base_mismatch" in r.getMessage() for r in caplog.records), "elsewhere it still warns"
     assert reloaded.active_adapters == ["gender", "race"]
     assert torch.equal(logits(reloaded), expected)
     shutil.rmtree(tmp_path / "both/adapters/race")  # without the race adapter the outputs differ

@@ -11,9 +11,11 @@ of the model that was saved, bit for bit. The root weights may be transformers' 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +161,25 @@ def _base(folder: Path, accelerate_layout: bool) -> torch.nn.Module:
     return model
 
 
+class _DropMismatch(logging.Filter):
+    """Drops the base-mismatch warnings of :mod:`peft_debias.loader.checks`: here the base was fine-tuned after
+    the adapters were trained, so its fingerprint differs from the recorded one by design."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "allow_base_mismatch" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _expected_mismatch() -> Iterator[None]:
+    checks, dropped = logging.getLogger("peft_debias.loader.checks"), _DropMismatch()
+    checks.addFilter(dropped)
+    try:
+        yield
+    finally:
+        checks.removeFilter(dropped)
+    logger.info("adapters re-attached to the fine-tuned base (its fingerprint differs from their recorded base)")
+
+
 def load_downstream(path: str | os.PathLike, *, mode: str = "inference") -> Any:
     """Reload a fine-tuned model saved with ``save_pretrained`` of a model from ``load_debias_adapter``.
 
@@ -184,14 +205,15 @@ def load_downstream(path: str | os.PathLike, *, mode: str = "inference") -> Any:
     accelerate_layout = _peft_layout(files)
     model = _base(folder, accelerate_layout)
     freeze_norm = bool(info.get("freeze_layer_norm", False))
-    peft_model = load_debias_adapter(
-        model,
-        [str(folder / ADAPTERS_DIR / name) for name in names],
-        mode=mode,
-        adapter_name=names,
-        allow_base_mismatch=True,  # the base was fine-tuned after the adapters were trained
-        freeze_layer_norm=freeze_norm,
-    )
+    with _expected_mismatch():
+        peft_model = load_debias_adapter(
+            model,
+            [str(folder / ADAPTERS_DIR / name) for name in names],
+            mode=mode,
+            adapter_name=names,
+            allow_base_mismatch=True,  # the base was fine-tuned after the adapters were trained
+            freeze_layer_norm=freeze_norm,
+        )
     active = [n for n in info.get("active", names) if n in names] or names
     if list(peft_model.active_adapters) != active:
         peft_model.base_model.set_adapter(active if len(active) > 1 else active[0])

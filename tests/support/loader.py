@@ -30,36 +30,52 @@ def one_torch_thread():
 
 
 _ROOT: list[Path] = []
+_SEEDED: dict[tuple[str, str, str, int], Path] = {}
 
 
-def trained_adapter(tiny_models: dict[str, Path], tmp_factory, model: str, method: str, axis: str = "gender") -> Path:
-    """A 3-step adapter of ``method`` for ``axis`` on tiny ``model`` (trained once per session; copy before editing)."""
+def trained_adapter(
+    tiny_models: dict[str, Path], tmp_factory, model: str, method: str, axis: str = "gender", seed: int | None = None
+) -> Path:
+    """A 3-step adapter of ``method`` for ``axis`` on tiny ``model`` (trained once per session; copy before editing).
+
+    Without ``seed`` the training seed is the number of adapters trained before (so it depends on the order the
+    session runs the tests); a fixed ``seed`` gives the same adapter in every session and is cached apart, leaving
+    the other adapters' seeds as they were."""
+    if seed is not None:
+        key4 = (model, method, axis, seed)
+        if key4 not in _SEEDED:
+            _SEEDED[key4] = _train(tiny_models, tmp_factory, model, method, axis, seed, f"-seed{seed}")
+        return _SEEDED[key4]
     key = (model, method, axis)
     if key not in _CACHE:
-        if not _ROOT:
-            _ROOT.append(tmp_factory.mktemp("loader_adapters"))
-            (_ROOT[0] / "corpus.txt").write_text("\n".join(CORPUS * 2) + "\n")
-        root = _ROOT[0]
-        output = root / f"{model}-{method}-{axis}"
-        train_adapter(
-            TrainConfig(
-                base=str(tiny_models[model]),
-                axis=axis,
-                corpus=[str(root / "corpus.txt")],
-                output=str(output),
-                method=method,
-                max_steps=3,
-                batch_size=4,
-                lr=5e-2,
-                eval_every=0,
-                save_every=0,
-                num_virtual_tokens=4,
-                progress=False,
-                seed=len(_CACHE),
-            )
-        )
-        _CACHE[key] = output
+        _CACHE[key] = _train(tiny_models, tmp_factory, model, method, axis, len(_CACHE), "")
     return _CACHE[key]
+
+
+def _train(tiny_models: dict[str, Path], tmp_factory, model: str, method: str, axis: str, seed: int, tag: str) -> Path:
+    if not _ROOT:
+        _ROOT.append(tmp_factory.mktemp("loader_adapters"))
+        (_ROOT[0] / "corpus.txt").write_text("\n".join(CORPUS * 2) + "\n")
+    root = _ROOT[0]
+    output = root / f"{model}-{method}-{axis}{tag}"
+    train_adapter(
+        TrainConfig(
+            base=str(tiny_models[model]),
+            axis=axis,
+            corpus=[str(root / "corpus.txt")],
+            output=str(output),
+            method=method,
+            max_steps=3,
+            batch_size=4,
+            lr=5e-2,
+            eval_every=0,
+            save_every=0,
+            num_virtual_tokens=4,
+            progress=False,
+            seed=seed,
+        )
+    )
+    return output
 
 
 def snapshot(named) -> dict[str, torch.Tensor]:
