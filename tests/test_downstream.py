@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from peft_debias import load_downstream
 from peft_debias.cli.main import main
 from peft_debias.eval.winobias import load_winobias
 
@@ -124,7 +125,17 @@ def test_a_frozen_adapter_run_keeps_the_adapter_and_saves_it(tiny_models, data_d
     assert _run(*argv, "--output", str(output), "--max-steps", "2", "--lr", "1e-2") == 0
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["config"]["adapter"] == [adapter.name]  # no local path
+    assert metrics["adapters_unchanged"] is True
     assert {"accuracy_pro", "accuracy_anti", "gap", "accuracy", "tpr_gap", "n_train", "n_test"} <= set(metrics)
+    # the saved model is the whole fine-tuned classifier with its frozen adapter: it predicts what the run reported
+    model = load_downstream(output / "model")
+    assert list(model.peft_config) == ["gender"]
+    tokenizer = AutoTokenizer.from_pretrained(str(output / "model"))
+    items = load_winobias(data_dir, "test")[:48]
+    with torch.no_grad():
+        enc = tokenizer([i.text for i in items], padding=True, truncation=True, max_length=128, return_tensors="pt")
+        predicted = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.argmax(-1)
+    assert predicted.tolist() == [r["prediction"] for r in _records(output)[:48]]
 
 
 def test_csv_task_scores_accuracy_and_tpr_gap(tiny_models, tmp_path) -> None:

@@ -204,4 +204,5 @@ def test_recipe_under_accelerate_launch_with_two_ranks(tiny_models, tmp_path_fac
     assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads((output / "metrics.json").read_text())
     assert info["train"]["world_size"] == 2 and info["adapters_unchanged"] is True
+    assert (output / "model" / "downstream.json").is_file()  # the whole model, written once by the main process
     assert len((output / "predictions.jsonl").read_text().splitlines()) == 37  # gathered without duplicates
