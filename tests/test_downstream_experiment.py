@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from peft_debias.cli.main import main
@@ -102,3 +103,28 @@ def test_a_four_arm_grid_runs_pairs_and_caches(tiny_models, data_dir, tmp_path) 
     stamp = (out / "runs" / "plain-seed0" / "metrics.json").stat().st_mtime_ns
     assert main([*argv, "--report-only"]) == 0 and main(argv) == 0  # the cache: nothing recomputed
     assert (out / "runs" / "plain-seed0" / "metrics.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.integration
+def test_the_vector_arm_gives_a_bare_encoder_a_masked_lm_head(tiny_models, data_dir, tmp_path) -> None:
+    """A bare encoder has no LM head to train a biased copy with: the arm builds one (seeded), fine-tunes from that
+    very model, and subtracts the vector from it; LayerNorm weights stay the base's (excluded from V)."""
+    from safetensors.torch import load_file
+
+    from peft_debias.experiment.downstream import _vector_model
+
+    grid = parse_downstream(_grid(model=str(tiny_models["bert_encoder"]), arms=["plain", "vector"]))
+    grid.vector = {"scale": 1.0, "biased": {"max_steps": 2, "batch_size": 4, "lr": 1e-2}}
+    out = tmp_path / "vector-seed0"
+    _vector_model(grid, 0, out, data_dir)
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["BertForMaskedLM"]
+    assert not out.with_name("vector-seed0.work").exists()
+    base, debiased = (
+        load_file(str(tiny_models["bert_encoder"] / "model.safetensors")),
+        load_file(str(out / "model.safetensors")),
+    )
+    shared = [k for k in base if "bert." + k in debiased]  # the masked LM has no pooler
+    assert len(shared) >= len(base) - 2
+    moved = [k for k in shared if not torch.equal(base[k], debiased["bert." + k])]
+    assert moved and not any("LayerNorm" in k for k in moved)
+    assert any("LayerNorm" in k for k in base)

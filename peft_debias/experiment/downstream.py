@@ -145,19 +145,41 @@ def _train_upstream(grid: DownstreamGrid, arm: str, seed: int, folder: Path, dat
     train_adapter(config)
 
 
+def _masked_lm_base(model: str, seed: int, folder: Path) -> str:
+    """A bare encoder (``all-MiniLM-L6-v2``) as a masked LM: its weights plus a new, seeded MLM head, saved to
+    ``folder``, so that the biased copy is fine-tuned from this very model and ``V`` is ``biased - pre``."""
+    from transformers import set_seed
+
+    from peft_debias.models.loading import load_model, load_tokenizer
+
+    set_seed(seed)
+    load_model(model, kind="masked_lm").model.save_pretrained(folder)
+    load_tokenizer(model).save_pretrained(folder)
+    return str(folder)
+
+
 def _vector_model(grid: DownstreamGrid, seed: int, folder: Path, data_dir: Path) -> None:
-    """Train the biased copy, take ``V = biased - base`` and write ``base - scale x V`` to ``folder``."""
+    """Train the biased copy, take ``V = biased - pre`` and write ``pre - scale x V`` to ``folder``; a bare encoder
+    gets a masked-LM head first (:func:`_masked_lm_base`: the head is untrained, see docs/downstream.md)."""
+    from peft_debias.models.base_ids import resolve_base_id
+    from peft_debias.models.kinds import ModelKind, detect_kind
+    from peft_debias.models.loading import load_config
     from peft_debias.train.biased import BiasedConfig, train_biased
     from peft_debias.vector.bias_vector import BiasVector
 
-    biased = folder.with_name(folder.name + ".biased")
-    shutil.rmtree(biased, ignore_errors=True)
-    spec = dict(grid.vector.get("biased") or {})
-    train_biased(BiasedConfig(**spec, base=grid.model, seed=seed, output=str(biased), data_dir=str(data_dir),
+    work = folder.with_name(folder.name + ".work")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    spec, pre = dict(grid.vector.get("biased") or {}), grid.model
+    if detect_kind(load_config(grid.model)) == ModelKind.ENCODER:
+        pre = _masked_lm_base(grid.model, seed, work / "pre")
+        spec.setdefault("base_model_id", resolve_base_id(grid.model))
+    biased = work / "biased"
+    train_biased(BiasedConfig(**spec, base=pre, seed=seed, output=str(biased), data_dir=str(data_dir),
                               progress=False))  # fmt: skip
-    vector = BiasVector.from_models(grid.model, str(biased), axis=spec.get("axis", "gender"))
-    vector.apply_to(grid.model, scale=-float(grid.vector.get("scale", 1.0)), output=str(folder))
-    shutil.rmtree(biased, ignore_errors=True)
+    vector = BiasVector.from_models(pre, str(biased), axis=spec.get("axis", "gender"))
+    vector.apply_to(pre, scale=-float(grid.vector.get("scale", 1.0)), output=str(folder))
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def upstream_artifact(grid: DownstreamGrid, arm: str, seed: int, out: Path, data_dir: Path) -> Path | None:
