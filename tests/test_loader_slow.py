@@ -64,3 +64,34 @@ def test_smollm2_lora_merge_equals_unmerged(corpus, tmp_path) -> None:
         merged_logits = merged(**batch).logits
     assert type(merged).__name__ == "LlamaForCausalLM"
     torch.testing.assert_close(merged_logits, unmerged_logits, atol=1e-4, rtol=0)
+
+
+def test_minilm_downstream_on_winobias_saves_a_model_that_reloads_identically(corpus, data_dir, tmp_path) -> None:
+    """The real MiniLM with a real frozen gender adapter through ``peft-debias downstream``: the saved folder is the
+    whole fine-tuned classifier; ``load_downstream`` gives the predictions the run reported, the plain root
+    (``AutoModelForSequenceClassification``, adapters left out) differs."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from peft_debias import load_downstream
+    from peft_debias.cli.main import main
+    from peft_debias.eval.winobias import load_winobias
+
+    adapter = tmp_path / "minilm-gender"
+    _train("bundled:minilm", corpus, adapter, objective="counterfactual", lr=5e-2)
+    out = tmp_path / "downstream"
+    argv = ["downstream", "--model", "bundled:minilm", "--adapter", str(adapter), "--task", "winobias"]
+    assert main([*argv, "--data-dir", str(data_dir), "--output", str(out), "--max-steps", "6", "--lr", "1e-4"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["adapters_unchanged"] is True and metrics["n_train"] == 792 and metrics["n_test"] == 1584
+    predicted = [json.loads(line)["prediction"] for line in (out / "predictions.jsonl").read_text().splitlines()]
+    tokenizer = AutoTokenizer.from_pretrained(str(out / "model"))
+    batch = tokenizer([i.text for i in load_winobias(data_dir, "test")[:64]], padding=True, return_tensors="pt")
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    model = load_downstream(out / "model")
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        plain = AutoModelForSequenceClassification.from_pretrained(str(out / "model")).eval()(**inputs).logits
+    assert logits.argmax(-1).tolist() == predicted[:64]
+    assert not torch.allclose(logits, plain)  # the adapter takes part: the root alone is another model
+    card = (out / "model" / "README.md").read_text()
+    assert "gender" in card and "load_downstream" in card
