@@ -154,3 +154,28 @@ def test_csv_task_scores_accuracy_and_tpr_gap(tiny_models, tmp_path) -> None:
     assert metrics["accuracy"] == pytest.approx(_accuracy(records))
     assert metrics["tpr_gap"] == pytest.approx(_tpr_gap(records))
     assert "accuracy_pro" not in metrics
+
+
+def test_arms_of_one_seed_differ_only_in_the_adapter(tiny_models, data_dir, tmp_path_factory, tmp_path) -> None:
+    """A LoRA adapter whose B matrices are zero changes nothing the model computes: its arm must then equal plain
+    fine-tuning with the same seed, prediction for prediction and loss for loss (same head, data order and dropout
+    masks, although injecting the adapter draws random numbers). A real adapter changes the losses."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    adapter = trained_adapter(tiny_models, tmp_path_factory, "bert", "lora")
+    zero = shutil.copytree(adapter, tmp_path / "zero-adapter")
+    weights = load_file(str(zero / "adapter_model.safetensors"))
+    save_file(
+        {k: torch.zeros_like(v) if "lora_B" in k else v for k, v in weights.items()},
+        str(zero / "adapter_model.safetensors"),
+    )
+    argv = ["--model", str(tiny_models["bert"]), "--data-dir", str(data_dir), "--max-steps", "3", "--lr", "1e-2"]
+    argv += ["--no-save-model", "--seed", "5"]
+    for name, extra in (("plain", []), ("zero", ["--adapter", str(zero)]), ("real", ["--adapter", str(adapter)])):
+        assert _run(*argv, *extra, "--output", str(tmp_path / name)) == 0
+    losses = {n: json.loads((tmp_path / n / "metrics.json").read_text())["train"] for n in ("plain", "zero", "real")}
+    assert _records(tmp_path / "zero") == _records(tmp_path / "plain")
+    assert losses["zero"]["final_loss"] == losses["plain"]["final_loss"]
+    assert losses["real"]["first_loss"] != losses["plain"]["first_loss"]

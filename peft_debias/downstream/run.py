@@ -181,7 +181,7 @@ def run_downstream(config: DownstreamConfig) -> dict[str, Any] | None:
     accelerator = Accelerator()
     check_destination(config.output, overwrite=config.overwrite)
     task = load_task(config)  # every input check before the model is built
-    set_seed(config.seed)  # the same head initialisation and data order in every arm of a seed
+    set_seed(config.seed)  # the same head initialisation in every arm of a seed
     model, tokenizer = load_classifier(config, len(task.labels))
     if config.adapter:
         model = load_debias_adapter(
@@ -192,6 +192,7 @@ def run_downstream(config: DownstreamConfig) -> dict[str, Any] | None:
             allow_base_mismatch=config.allow_base_mismatch,
             allow_pickle=config.allow_pickle,
         )
+    set_seed(config.seed)  # again: injecting adapters draws random numbers, so dropout would differ between arms
     before = _digest(adapter_parameters(model)) if config.adapter else None
     train_loader, test_loader = _loaders(config, task, tokenizer)
     trained = _train(model, config, train_loader, accelerator, len(task.train))
