@@ -6,11 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +19,7 @@ from peft_debias.loader.attach import adapter_parameters, load_debias_adapter
 from peft_debias.loader.reload import load_downstream
 from peft_debias.loader.saving import DownstreamSaveMixin
 
+from support.launch import launch_two_ranks
 from support.loader import (
     adapter_snapshot,
     one_torch_thread,  # noqa: F401 - autouse fixture
@@ -212,36 +209,12 @@ def test_two_stacked_axes_are_saved_and_active_after_reload(tiny_models, adapter
         load_downstream(tmp_path / "both")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.e2e
 def test_two_cpu_ranks_save_with_accelerate_and_reload(tiny_models, adapter, tmp_path) -> None:
     first, second = tmp_path / "save_pretrained", tmp_path / "save_model"
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",  # with ACCELERATE_USE_CPU: two real CPU ranks (gloo); --cpu alone runs one process
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-        str(REPO / "tests" / "support" / "downstream_ddp.py"),
-        *(str(p) for p in (tiny_models["bert"], adapter("bert", "lora"), first, second, tmp_path)),
-    ]
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    script = REPO / "tests" / "support" / "downstream_ddp.py"
+    paths = (tiny_models["bert"], adapter("bert", "lora"), first, second, tmp_path)
+    result = launch_two_ranks(script, *(str(p) for p in paths), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [load_file(str(tmp_path / f"logits-{r}.safetensors"))["logits"] for r in (0, 1)]
     assert torch.equal(ranks[0], ranks[1]), "DDP keeps the ranks in step"

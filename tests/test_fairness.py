@@ -6,10 +6,6 @@ import importlib.util
 import json
 import logging
 import math
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +15,7 @@ import torch
 from peft_debias.core.errors import DebiasError
 from peft_debias.eval.fairness import accuracy, fprd, fprd_per_term, macro_f1, term_masks, tpr_gap_rms, tpr_gaps
 
+from support.launch import launch_two_ranks
 from support.loader import (
     one_torch_thread,  # noqa: F401 - autouse fixture
     shortcut_rows,
@@ -184,23 +181,13 @@ def test_recipe_bad_input_is_one_line(recipe, tiny_models, shortcut_data, tmp_pa
     assert not (tmp_path / "o").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.e2e
 def test_recipe_under_accelerate_launch_with_two_ranks(tiny_models, tmp_path_factory, tmp_path) -> None:
     adapter = trained_adapter(tiny_models, tmp_path_factory, "bert", "prompt")
     data = write_csv(tmp_path / "data.csv", shortcut_rows(37, shortcut=False, seed=4))  # odd: padded by the sampler
     output = tmp_path / "out"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    command += ["--main_process_port", str(_free_port()), str(RECIPE), "--model", str(tiny_models["bert"])]
-    command += ["--adapter", str(adapter), "--train-file", str(data), "--output", str(output), "--max-steps", "2"]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    args = ["--model", str(tiny_models["bert"]), "--adapter", str(adapter), "--train-file", str(data)]
+    result = launch_two_ranks(RECIPE, *args, "--output", str(output), "--max-steps", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads((output / "metrics.json").read_text())
     assert info["train"]["world_size"] == 2 and info["adapters_unchanged"] is True

@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from support.launch import launch_two_ranks
 from support.tiny_models import CORPUS
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -55,27 +48,9 @@ def _train_args(model: Path, corpus: Path, output: Path) -> list[str]:
 
 def test_two_cpu_ranks_train_the_same_adapter(tiny_models, corpus, tmp_path) -> None:
     output = tmp_path / "adapter"
-    # `accelerate launch --cpu --num_processes 2` silently runs ONE process; this line gives two real ranks.
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-        str(REPO / "recipes" / "train.py"),
-        *_train_args(tiny_models["llama"], corpus, output),
-    ]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    result = launch_two_ranks(
+        REPO / "recipes" / "train.py", *_train_args(tiny_models["llama"], corpus, output), cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads((output / "debias_config.json").read_text())
     assert info["training"]["world_size"] == 2
