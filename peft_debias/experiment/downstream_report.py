@@ -96,6 +96,8 @@ def analyse_downstream(grid: Any, runs: Runs) -> dict[str, Any]:
 def _fmt(summary: Mapping[str, Any] | None) -> str:
     if not summary:
         return "-"
+    if not math.isfinite(summary["sd"]):  # one seed
+        return f"{summary['mean']:.2f}"
     low, high = summary["ci95"]
     interval = f" [{low:.2f}, {high:.2f}]" if math.isfinite(low) else ""
     return f"{summary['mean']:.2f} ± {summary['sd']:.2f}{interval}"
