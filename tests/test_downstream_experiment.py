@@ -96,6 +96,8 @@ def test_a_four_arm_grid_runs_pairs_and_caches(tiny_models, data_dir, tmp_path) 
         assert entry["gap_by_seed"] == [runs[arm][s]["gap"] for s in (0, 1)]
     diffs = [runs["adapter"][s]["gap"] - runs["control"][s]["gap"] for s in (0, 1)]
     assert summary["arms"]["adapter"]["vs_control"]["diffs"] == pytest.approx(diffs)
+    tpr = [runs["vector"][s]["tpr_gap"] - runs["plain"][s]["tpr_gap"] for s in (0, 1)]
+    assert summary["arms"]["vector"]["tpr_gap_vs_plain"]["diffs"] == pytest.approx(tpr)
     assert "| adapter | 2 |" in (out / "report.md").read_text()
     debias = json.loads((out / "upstream" / "adapter-seed0" / "debias_config.json").read_text())
     control = json.loads((out / "upstream" / "control-seed0" / "debias_config.json").read_text())

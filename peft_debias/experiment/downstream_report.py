@@ -2,9 +2,10 @@
 
 Per arm, over seeds: mean, sd and 95% t-interval of the WinoBias gap (accuracy pro - anti), the TPR-GAP and the
 accuracies. Every other arm is compared with ``plain`` and with ``control`` on the seeds both finished (paired by
-seed: same head initialisation and data order): the mean paired difference of the gap with its paired t-test and
-exact sign-flip p-value, the share of plain fine-tuning's gap removed, and the accuracy difference. The targets
-(:class:`~peft_debias.experiment.downstream.DownstreamTargets`) are checked for the ``adapter`` arm.
+seed: same head initialisation, data order and dropout): the mean paired difference of the gap with its paired t-test
+and exact sign-flip p-value, the share of plain fine-tuning's gap removed, and the accuracy and TPR-GAP
+differences. The targets (:class:`~peft_debias.experiment.downstream.DownstreamTargets`) are checked for the
+``adapter`` arm.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def analyse_downstream(grid: Any, runs: Runs) -> dict[str, Any]:
         if arm != "plain":
             entry["vs_plain"] = compare(runs, arm, "plain")
             entry["accuracy_vs_plain"] = compare(runs, arm, "plain", "accuracy")
+            entry["tpr_gap_vs_plain"] = compare(runs, arm, "plain", "tpr_gap")
         if arm not in ("plain", "control") and "control" in grid.arms:
             entry["vs_control"] = compare(runs, arm, "control")
         arms[arm] = entry
@@ -125,10 +127,10 @@ def markdown(summary: Mapping[str, Any]) -> str:
         cells = [_fmt(entry[m]) for m in ("gap", "accuracy", "accuracy_pro", "accuracy_anti", "tpr_gap")]
         lines.append(f"| {arm} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
     lines += ["", "Paired by seed (arm - reference):", ""]
-    lines += ["| arm | gap vs plain | gap vs control | accuracy vs plain |", "|---|---|---|---|"]
+    lines += ["| arm | gap vs plain | gap vs control | accuracy vs plain | TPR-GAP vs plain |", "|---|---|---|---|---|"]
     for arm, entry in summary["arms"].items():
         if arm != "plain":
-            keys = ("vs_plain", "vs_control", "accuracy_vs_plain")
+            keys = ("vs_plain", "vs_control", "accuracy_vs_plain", "tpr_gap_vs_plain")
             cells = [_diff(entry.get(k)) for k in keys]
             lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     if summary["targets"]:
