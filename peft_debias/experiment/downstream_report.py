@@ -80,6 +80,7 @@ def analyse_downstream(grid: Any, runs: Runs) -> dict[str, Any]:
             entry["tpr_gap_vs_plain"] = compare(runs, arm, "plain", "tpr_gap")
         if arm not in ("plain", "control") and "control" in grid.arms:
             entry["vs_control"] = compare(runs, arm, "control")
+            entry["tpr_gap_vs_control"] = compare(runs, arm, "control", "tpr_gap")
         arms[arm] = entry
     return {
         "name": grid.name,
@@ -127,10 +128,11 @@ def markdown(summary: Mapping[str, Any]) -> str:
         cells = [_fmt(entry[m]) for m in ("gap", "accuracy", "accuracy_pro", "accuracy_anti", "tpr_gap")]
         lines.append(f"| {arm} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
     lines += ["", "Paired by seed (arm - reference):", ""]
-    lines += ["| arm | gap vs plain | gap vs control | accuracy vs plain | TPR-GAP vs plain |", "|---|---|---|---|---|"]
+    lines += ["| arm | gap vs plain | gap vs control | accuracy vs plain | TPR-GAP vs plain | TPR-GAP vs control |"]
+    lines.append("|---|---|---|---|---|---|")
     for arm, entry in summary["arms"].items():
         if arm != "plain":
-            keys = ("vs_plain", "vs_control", "accuracy_vs_plain", "tpr_gap_vs_plain")
+            keys = ("vs_plain", "vs_control", "accuracy_vs_plain", "tpr_gap_vs_plain", "tpr_gap_vs_control")
             cells = [_diff(entry.get(k)) for k in keys]
             lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     if summary["targets"]:
