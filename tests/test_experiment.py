@@ -47,7 +47,17 @@ def tiny_config(**changes) -> ExperimentConfig:
 # ---------------------------------------------------------------------------------------------- config
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "recipes" / "experiments").glob("*.yaml")), ids=lambda p: p.stem)
+GRIDS = [p for p in sorted((REPO / "recipes" / "experiments").glob("*.yaml")) if "\ndownstream:" not in p.read_text()]
+
+
+def test_a_downstream_config_is_named_as_such() -> None:
+    """The downstream experiments (tests/test_downstream_experiment.py) are not grids of adapter cells."""
+    with pytest.raises(DebiasError, match="is a downstream experiment"):
+        load_experiment_config(REPO / "recipes" / "experiments" / "minilm-winobias-downstream.yaml")
+    assert len(GRIDS) >= 10
+
+
+@pytest.mark.parametrize("path", GRIDS, ids=lambda p: p.stem)
 def test_shipped_experiment_configs_parse_and_expand(path: Path, data_dir: Path) -> None:
     config = load_experiment_config(path)
     assert isinstance(config, ExperimentConfig) and config.name == path.stem

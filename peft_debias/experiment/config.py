@@ -326,4 +326,10 @@ def read_experiment_yaml(path: str | Path) -> Any:
 
 def load_experiment_config(path: str | Path) -> ExperimentConfig:
     """Read and validate an experiment YAML file (``name`` defaults to the file's stem)."""
-    return ExperimentConfig.from_dict(read_experiment_yaml(path), source=f"experiment config {path}")
+    data = read_experiment_yaml(path)
+    if isinstance(data, dict) and "downstream" in data:
+        raise _err(
+            f"experiment config {path} is a downstream experiment (a downstream: block), not a grid of cells",
+            "run it with peft-debias experiment, or read it with peft_debias.experiment.downstream.parse_downstream",
+        )
+    return ExperimentConfig.from_dict(data, source=f"experiment config {path}")
