@@ -29,6 +29,7 @@ Example (every key but ``models`` and ``corpus`` has a default)::
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -50,11 +51,16 @@ def _err(problem: str, fix: str) -> DebiasError:
     return DebiasError(problem, fix)
 
 
-def _known(cls: type, data: dict[str, Any], where: str) -> None:
-    names = sorted(f.name for f in fields(cls))
+def check_keys(data: dict[str, Any], allowed: Iterable[str], where: str) -> None:
+    """Refuse keys of ``data`` outside ``allowed``, naming them and the known ones."""
+    names = sorted(set(allowed))
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise _err(f"{where} has unknown key(s) {', '.join(unknown)}", f"known keys: {', '.join(names)}")
+
+
+def _known(cls: type, data: dict[str, Any], where: str) -> None:
+    check_keys(data, (f.name for f in fields(cls)), where)
 
 
 def _str_list(value: Any, where: str, allow_empty: bool = False) -> list[str]:

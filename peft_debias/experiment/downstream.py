@@ -41,6 +41,7 @@ from typing import Any
 
 from peft_debias.core.errors import DebiasError
 from peft_debias.downstream.config import DownstreamConfig
+from peft_debias.experiment.config import check_keys
 
 logger = logging.getLogger(__name__)
 
@@ -79,20 +80,14 @@ class DownstreamGrid:
         return [(arm, seed) for seed in self.seeds for arm in self.arms]
 
 
-def _check_keys(data: dict[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise DebiasError(f"{where} has unknown key(s) {', '.join(unknown)}", f"known: {', '.join(sorted(allowed))}")
-
-
 def parse_downstream(data: dict[str, Any]) -> DownstreamGrid:
     """Validate an experiment YAML's content with a ``downstream:`` block (one-line errors naming the key)."""
     from peft_debias.train.biased import BiasedConfig
     from peft_debias.train.config import FLAT_KEYS, TrainConfig
 
-    _check_keys(data, {"name", "description", "downstream", "targets", "data_dir"}, "the experiment")
+    check_keys(data, {"name", "description", "downstream", "targets", "data_dir"}, "the experiment")
     block = dict(data["downstream"] or {})
-    _check_keys(block, {f.name for f in fields(DownstreamGrid)} - {"name", "targets", "description", "data_dir"},
+    check_keys(block, {f.name for f in fields(DownstreamGrid)} - {"name", "targets", "description", "data_dir"},
                 "downstream:")  # fmt: skip
     if not block.get("model"):
         raise DebiasError("downstream: has no model", "add model: (a Hub id, local folder or bundled alias)")
@@ -104,14 +99,14 @@ def parse_downstream(data: dict[str, Any]) -> DownstreamGrid:
     bad = [a for a in arms if a not in ARMS]
     if bad or not arms or "plain" not in arms:
         raise DebiasError(f"downstream: arms {arms!r}", f"list arms from {', '.join(ARMS)}, plain included")
-    _check_keys(block.get("options") or {}, {f.name for f in fields(DownstreamConfig)} - set(_SET_BY_GRID),
+    check_keys(block.get("options") or {}, {f.name for f in fields(DownstreamConfig)} - set(_SET_BY_GRID),
                 "downstream: options")  # fmt: skip
     grid_train = {"base", "seed", "cda", "output", "resume", "overwrite", "progress"}
-    _check_keys(block.get("upstream") or {}, ({f.name for f in fields(TrainConfig)} | set(FLAT_KEYS)) - grid_train,
+    check_keys(block.get("upstream") or {}, ({f.name for f in fields(TrainConfig)} | set(FLAT_KEYS)) - grid_train,
                 "downstream: upstream")  # fmt: skip
     vector = dict(block.get("vector") or {})
-    _check_keys(vector, {"scale", "biased"}, "downstream: vector")
-    _check_keys(vector.get("biased") or {}, {f.name for f in fields(BiasedConfig)} - grid_train - {"data_dir"},
+    check_keys(vector, {"scale", "biased"}, "downstream: vector")
+    check_keys(vector.get("biased") or {}, {f.name for f in fields(BiasedConfig)} - grid_train - {"data_dir"},
                 "downstream: vector.biased")  # fmt: skip
     if {"adapter", "control"} & set(arms) and not block.get("upstream"):
         raise DebiasError("downstream: the adapter/control arms need an upstream: block", "add upstream: {...}")
@@ -123,7 +118,7 @@ def parse_downstream(data: dict[str, Any]) -> DownstreamGrid:
 
 
 def _targets(values: dict[str, Any]) -> dict[str, Any]:
-    _check_keys(values, {f.name for f in fields(DownstreamTargets)}, "targets:")
+    check_keys(values, {f.name for f in fields(DownstreamTargets)}, "targets:")
     return {k: float(v) for k, v in values.items()}
 
 
