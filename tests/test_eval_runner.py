@@ -94,7 +94,7 @@ def test_model_objects_and_loaded_models(tiny_models, small_data, llama_results)
         ({"axes": ""}, "no axis given"),
         ({"n_samplez": 3}, "unknown option(s) n_samplez"),
         ({"n_samples": 0}, "n_samples is 0"),
-        ({"causal_bos": "nope"}, "causal BOS mode 'nope' is unknown"),
+        ({"causal_bos": "nope"}, "causal_bos 'nope' is unknown"),
         ({"compare": "/nonexistent/other.json"}, "results file /nonexistent/other.json not found"),
     ],
 )

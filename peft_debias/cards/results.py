@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_debias.core.hub_ids import is_hub_id
+from peft_debias.core.provenance import protocol_name
 
 # model kind -> Hub task type
 TASKS = {"causal_lm": "text-generation", "masked_lm": "fill-mask", "encoder": "feature-extraction"}
@@ -114,6 +115,7 @@ def eval_results(results: Mapping[str, Any]) -> list[Any]:
     task = TASKS.get(str(results.get("model_kind")), "text-generation")
     label = (results.get("compare") or {}).get("other", {}).get("label") or "baseline"
     ppl_text = str((results.get("perplexity") or {}).get("text") or "held-out text")
+    protocol = protocol_name(results)
     out = []
     for f in figures(results):
         if f.value is None:
@@ -127,6 +129,7 @@ def eval_results(results: Mapping[str, Any]) -> list[Any]:
             dataset_config=f.axis,
         )
         where = f" ({f.axis})" if f.axis else ""
+        where += "" if protocol == "default" else f" [{protocol} protocol]"
         value = _number(f.value, f.digits)
         out.append(EvalResult(metric_type=f.metric, metric_value=value, metric_name=f"{f.name}{where}", **common))
         if f.before is not None:
@@ -164,7 +167,8 @@ def results_table(results: Mapping[str, Any]) -> str:
     adapters = ", ".join(str(a.get("path")) for a in results.get("adapters") or []) or "none"
     lines += [
         "",
-        f"Measured with `peft-debias eval` on `{results.get('model')}` (adapters: {adapters}; "
+        f"Measured with `peft-debias eval --protocol {protocol_name(results)}` on `{results.get('model')}` "
+        f"(adapters: {adapters}; "
         f"{results.get('created', 'date unknown')}). 95% bootstrap intervals in brackets; "
         "the McNemar test is paired over the items both runs scored.",
     ]

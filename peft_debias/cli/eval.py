@@ -17,6 +17,7 @@ from pathlib import Path
 
 from peft_debias.cli.options import at_least, field_type
 from peft_debias.eval.benchmarks import EvalConfig
+from peft_debias.eval.protocols import PROTOCOLS
 
 HELP = "evaluate bias (SEAT, CrowS-Pairs, StereoSet) and LM quality; compare runs; plot result files"
 
@@ -57,24 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     what.add_argument("--seed", type=bounds("seed"), default=0, help="seed of the permutation tests and bootstraps")
     what.add_argument("--batch-size", type=bounds("batch_size"), default=32, help="sentences per forward (default 32)")
-    what.add_argument(
-        "--causal-bos",
-        choices=["context", "separate"],
-        default="context",
-        help="causal scoring: [BOS]+sentence in one forward (default) or bias-bench's BOS-only forward",
-    )
-    what.add_argument(
-        "--crows-mlm-tokens",
-        choices=["shared", "diff"],
-        default="shared",
-        help="CrowS masked scoring: shared tokens (default, DESIGN / Nangia et al.) or bias-bench's differing tokens",
-    )
-    what.add_argument(
-        "--mlm-filler-mean",
-        choices=["logprob", "prob"],
-        default="logprob",
-        help="StereoSet masked filler score: mean log-prob (default) or bias-bench's mean probability",
-    )
+    _add_protocol_arguments(what)
     what.add_argument("--seat-dir", help="SEAT folder (default <data>/seat)")
     what.add_argument("--crows-file", help="CrowS-Pairs CSV (default <data>/crows_pairs/crows_pairs_anonymized.csv)")
     what.add_argument("--stereoset-file", help="StereoSet dev.json or flattened JSONL (default under <data>/stereoset)")
@@ -101,6 +85,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--label", help="name of this run in reports and charts")
     out.add_argument("--labels", help="--plot: comma list of names, one per file")
     out.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+
+def _add_protocol_arguments(group: argparse._ArgumentGroup) -> None:
+    """``--protocol`` and the default protocol's single switches."""
+    group.add_argument(
+        "--protocol",
+        choices=list(PROTOCOLS),
+        default="default",
+        help="scoring protocol: 'default' (this package's definitions), 'bias-bench' (its code, exactly) or "
+        "'lm-eval' (lm-evaluation-harness's crows_pairs: summed log-likelihood; causal LMs, crows and stereoset); "
+        "recorded in the results",
+    )
+    group.add_argument(
+        "--causal-bos",
+        choices=["context", "separate"],
+        help="default protocol only: causal first token scored after BOS in one forward ('context', the default) "
+        "or from a BOS-only forward ('separate')",
+    )
+    group.add_argument(
+        "--crows-mlm-tokens",
+        choices=["shared", "diff"],
+        help="default protocol only: CrowS masked scoring on the shared tokens ('shared', the default) or on the "
+        "differing ones ('diff', as bias-bench)",
+    )
+    group.add_argument(
+        "--mlm-filler-mean",
+        choices=["logprob", "prob"],
+        help="default protocol only: StereoSet masked filler score, mean log-prob ('logprob', the default) or mean "
+        "probability ('prob', as bias-bench)",
+    )
 
 
 def _check_args(args: argparse.Namespace) -> str:
@@ -170,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
             n_bootstrap=args.n_bootstrap,
             seed=args.seed,
             batch_size=args.batch_size,
+            protocol=args.protocol,
             causal_bos=args.causal_bos,
             crows_mlm_tokens=args.crows_mlm_tokens,
             mlm_filler_mean=args.mlm_filler_mean,

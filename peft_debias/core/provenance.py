@@ -84,3 +84,10 @@ def read_debias_config(folder: str | Path) -> dict[str, Any]:
 def timestamp() -> str:
     """The current UTC time to the second, e.g. ``2025-01-31T09:05:00Z`` (the ``created`` field of artifacts)."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def protocol_name(results: Mapping[str, Any]) -> str:
+    """The scoring protocol of a results dict (:mod:`peft_debias.eval.protocols`); files written before protocols
+    existed used the default one."""
+    record = results.get("protocol")
+    return str(record.get("name", "default")) if isinstance(record, Mapping) else str(record or "default")

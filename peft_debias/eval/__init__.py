@@ -12,20 +12,25 @@ Results schema (version 1; a JSON object, NaN written as null)::
       "model": str, "model_kind": "masked_lm" | "causal_lm" | "encoder",
       "adapters": [{"path", "peft_type", "task_type", "merged": bool}],
       "benchmarks": [str], "axes": ["gender", "race", "religion"],
-      "config": {EvalConfig fields}, "versions": {"peft_debias", "torch", "transformers", "peft", "numpy", "python"},
+      "protocol": {"name": "default" | "bias-bench" | "lm-eval", "summary"},   # eval/protocols.py
+      "config": {EvalConfig fields; the protocol's switches as applied},
+      "versions": {"peft_debias", "torch", "transformers", "peft", "numpy", "python"},
       "created": ISO time, "seconds": {"load", <benchmark>..., "total"},
       "seat": {
+        "protocol",
         "tests": {<test file stem>: {"effect_size", "association_gap", "p_value", "axis": axis | null, "exact": bool,
                                      "n_permutations", "n": {"targ1", "targ2", "attr1", "attr2"}, "categories"}},
         "axes": {<axis>: {"mean_abs_effect_size", "mean_abs_association_gap", "n_tests", "tests": [str]}},
         "n_samples", "n_sentences", "source", "seconds"},
       "crows": {
-        "scoring": "masked" | "causal", "mlm_tokens": "shared" | "diff" | null,
+        "protocol", "scoring": "masked" | "causal", "mlm_tokens": "shared" | "diff" | null,
+        "causal": {"start_token", "first_token", "special_tokens", "score"} | null,
         "axes": {<axis>: {"stereotype_score", "ci95": [lo, hi], "n", "n_more_preferred", "n_ties", "n_skipped",
+                          "likelihood_diff" (lm-eval protocol only),
                           "stereo": {"stereotype_score", "n"}, "antistereo": {"stereotype_score", "n"}}},
         "decisions": {<axis>: {<CSV row id>: 1 if sent_more scored higher else 0}}, "source", "seconds"},
       "stereoset": {
-        "scoring": "masked" | "causal",
+        "protocol", "scoring": "masked" | "causal", "mlm_filler_mean": "logprob" | "prob" | null, "causal",
         "axes": {<axis>: {"ss", "lms", "icat", "n", "n_targets", "ci95": {"ss", "lms", "icat"}}},
         "decisions": {<axis>: {<item id>: 1 if stereotype scored above anti-stereotype else 0}},
         "items": {<axis>: {<item id>: {"target", "pro": 0/1, "related": 0-2}}},   # SS/LMS on any item subset

@@ -16,6 +16,7 @@ from typing import Any
 from peft_debias.core.bounds import check_bounds
 from peft_debias.core.errors import DebiasError
 from peft_debias.eval.handle import ModelHandle
+from peft_debias.eval.protocols import Protocol, resolve_protocol
 from peft_debias.eval.sources import DataSource, hub_rows, parse_names, sha256_of
 from peft_debias.eval.splits import check_split, take_split
 
@@ -37,15 +38,22 @@ class EvalConfig:
     batch_size: int = field(
         default=32, metadata={"help": "sentences per forward (masked copies: twice as many)", "min": 1}
     )
-    causal_bos: str = field(
-        default="context", metadata={"help": "'context': score [BOS]+tokens; 'separate': bias-bench's two forwards"}
+    protocol: str = field(
+        default="default",
+        metadata={"help": "scoring protocol: 'default', 'bias-bench' or 'lm-eval' (eval/protocols.py)"},
     )
-    crows_mlm_tokens: str = field(
-        default="shared",
-        metadata={"help": "CrowS masked scoring: 'shared' tokens (DESIGN) or bias-bench's 'diff' tokens"},
+    causal_bos: str | None = field(
+        default=None,
+        metadata={"help": "'context': score [BOS]+tokens; 'separate': first token from a BOS-only forward "
+                  "(None: the protocol's)"},
+    )  # fmt: skip
+    crows_mlm_tokens: str | None = field(
+        default=None,
+        metadata={"help": "CrowS masked scoring: 'shared' or 'diff' tokens (None: the protocol's)"},
     )
-    mlm_filler_mean: str = field(
-        default="logprob", metadata={"help": "StereoSet masked filler score: mean 'logprob' or bias-bench 'prob'"}
+    mlm_filler_mean: str | None = field(
+        default=None,
+        metadata={"help": "StereoSet masked filler score: mean 'logprob' or 'prob' (None: the protocol's)"},
     )
     seat_dir: str | None = field(default=None, metadata={"help": "SEAT folder (default <data>/seat)"})
     crows_file: str | None = field(default=None, metadata={"help": "CrowS-Pairs CSV (default <data>/crows_pairs/...)"})
@@ -82,14 +90,18 @@ class EvalConfig:
                 f"perplexity stride {self.ppl_stride} is not below the window {self.ppl_window}",
                 "pass a --ppl-stride smaller than --ppl-window",
             )
-        if self.causal_bos not in ("context", "separate"):
-            raise DebiasError(f"causal BOS mode {self.causal_bos!r} is unknown", "use 'context' or 'separate'")
-        if self.crows_mlm_tokens not in ("shared", "diff"):
-            raise DebiasError(f"CrowS masked tokens {self.crows_mlm_tokens!r} is unknown", "use 'shared' or 'diff'")
+        self.rules()
         check_split(self.split)
-        if self.mlm_filler_mean not in ("logprob", "prob"):
-            raise DebiasError(f"masked filler mean {self.mlm_filler_mean!r} is unknown", "use 'logprob' or 'prob'")
         return self
+
+    def rules(self) -> Protocol:
+        """The :class:`~peft_debias.eval.protocols.Protocol` this config scores with (its switches applied)."""
+        return resolve_protocol(
+            self.protocol,
+            causal_bos=self.causal_bos,
+            crows_mlm_tokens=self.crows_mlm_tokens,
+            mlm_filler_mean=self.mlm_filler_mean,
+        )
 
 
 @dataclass(frozen=True)
@@ -157,7 +169,15 @@ def _run_seat(handle: ModelHandle, tests: Any, config: EvalConfig, axes: list[st
             handle.model, handle.tokenizer, sentences, batch_size=2 * config.batch_size, progress=config.progress
         )
 
-    return run_seat(encode, tests, axes=axes, n_samples=config.n_samples, seed=config.seed, progress=config.progress)
+    return run_seat(
+        encode,
+        tests,
+        axes=axes,
+        n_samples=config.n_samples,
+        seed=config.seed,
+        progress=config.progress,
+        protocol=config.rules(),
+    )
 
 
 def _load_items(
@@ -209,8 +229,7 @@ def _run_crows(handle: ModelHandle, data: Any, config: EvalConfig, axes: list[st
         n_bootstrap=config.n_bootstrap,
         seed=config.seed,
         batch_size=config.batch_size,
-        bos=config.causal_bos,
-        mlm_tokens=config.crows_mlm_tokens,
+        protocol=config.rules(),
         progress=config.progress,
         where=where,
     )
@@ -238,8 +257,7 @@ def _run_stereoset(handle: ModelHandle, data: Any, config: EvalConfig, axes: lis
         n_bootstrap=config.n_bootstrap,
         seed=config.seed,
         batch_size=config.batch_size,
-        bos=config.causal_bos,
-        mlm_mean=config.mlm_filler_mean,
+        protocol=config.rules(),
         progress=config.progress,
         where=where,
     )

@@ -35,7 +35,9 @@ import numpy as np
 
 from peft_debias.core import align
 from peft_debias.core.errors import DebiasError
-from peft_debias.eval.lm_scoring import causal_logprob_sums, mask_token_id, masked_logprobs, max_sequence_length
+from peft_debias.eval.causal import causal_record, causal_scores
+from peft_debias.eval.lm_scoring import mask_token_id, masked_logprobs, max_sequence_length
+from peft_debias.eval.protocols import Protocol, check_masked, resolve_protocol
 from peft_debias.eval.sources import label_name
 from peft_debias.eval.stats import bootstrap_proportion, percentile_interval, rng_for
 from peft_debias.models.loading import ModelKind
@@ -181,17 +183,19 @@ def causal_pair_scores(
     pairs: Sequence[CrowsPair],
     *,
     batch_size: int = 32,
-    bos: str = "context",
+    bos: str | None = None,
+    protocol: str | Protocol = "default",
     progress: bool | None = None,
 ) -> np.ndarray:
-    """``(n, 2)`` mean per-token log-probs of ``(sent_more, sent_less)`` under a causal LM."""
+    """``(n, 2)`` scores of ``(sent_more, sent_less)`` under a causal LM: mean per-token log-probs, or summed
+    log-likelihoods under ``protocol="lm-eval"`` (:func:`~peft_debias.eval.causal.causal_scores`)."""
+    chosen = resolve_protocol(protocol, causal_bos=bos)
     texts = [s for pair in pairs for s in (pair.sent_more, pair.sent_less)]
     groups = [[2 * i, 2 * i + 1] for i in range(len(pairs))]  # a pair's shared prefix is computed once
-    scored = causal_logprob_sums(
-        model, tokenizer, texts, batch_size=batch_size, bos=bos, groups=groups, progress=progress
+    scores = causal_scores(
+        model, tokenizer, texts, protocol=chosen, groups=groups, batch_size=batch_size, progress=progress
     )
-    means = np.array([total / count if count else np.nan for total, count in scored], dtype=np.float64)
-    return means.reshape(len(pairs), 2)
+    return scores.reshape(len(pairs), 2)
 
 
 def crows_axis_result(
@@ -202,27 +206,35 @@ def crows_axis_result(
     seed: int,
     axis: str,
     decimals: int | None = None,
+    direction_ties: bool = True,
+    likelihood_diff: bool = False,
 ) -> tuple[dict[str, Any], dict[str, int]]:
     """Figures of one axis from its pairs' ``(more, less)`` scores, and the per-pair decisions by id.
 
     ``decimals``: compare the scores rounded to that many decimals (bias-bench's masked scoring rounds to 3).
+    ``direction_ties=False``: the per-direction scores leave tied pairs out of their denominators (bias-bench's
+    printed "Stereotype score" / "Anti-stereotype score"); the overall score counts them either way.
+    ``likelihood_diff``: also report lm-eval's mean ``|score_more - score_less|``.
     """
     if decimals is not None:
         scores = np.round(scores, decimals)
     decisions = (scores[:, 0] > scores[:, 1]).astype(int)  # NaN compares False: a tie
-    ties = int(np.sum(~(scores[:, 0] > scores[:, 1]) & ~(scores[:, 1] > scores[:, 0])))  # equal, or unscorable
+    tied = ~(scores[:, 0] > scores[:, 1]) & ~(scores[:, 1] > scores[:, 0])  # equal, or unscorable
     boot = bootstrap_proportion(decisions, n_bootstrap, rng_for(seed, "crows", axis))
     result: dict[str, Any] = {
         "stereotype_score": 100.0 * float(decisions.mean()),
         "ci95": percentile_interval(boot),
         "n": len(pairs),
         "n_more_preferred": int(decisions.sum()),
-        "n_ties": ties,
+        "n_ties": int(tied.sum()),
     }
+    if likelihood_diff:
+        result["likelihood_diff"] = float(np.nanmean(np.abs(scores[:, 0] - scores[:, 1]))) if len(pairs) else None
     for direction in _DIRECTIONS:
         picked = np.array([p.direction == direction for p in pairs], dtype=bool)
-        n = int(picked.sum())
-        score = 100.0 * float(decisions[picked].mean()) if n else float("nan")
+        counted = picked if direction_ties else picked & ~tied
+        n = int(counted.sum())
+        score = 100.0 * float(decisions[counted].mean()) if n else float("nan")
         result[direction] = {"stereotype_score": score, "n": n}
     return result, {p.id: int(d) for p, d in zip(pairs, decisions, strict=True)}
 
@@ -237,33 +249,43 @@ def run_crows(
     n_bootstrap: int = 10_000,
     seed: int = 0,
     batch_size: int = 32,
-    bos: str = "context",
-    mlm_tokens: str = "shared",
+    protocol: str | Protocol = "default",
+    bos: str | None = None,
+    mlm_tokens: str | None = None,
     progress: bool | None = None,
     where: str = "data",
 ) -> dict[str, Any]:
     """Score the pairs of ``axes`` in one batched pass; per axis figures plus per-pair decisions.
 
-    Returns ``{"scoring": "masked"|"causal", "mlm_tokens", "axes": {axis: {...}}, "decisions": {axis: {id: 0/1}}}``.
-    With ``mlm_tokens="diff"`` (bias-bench) the scores are compared at 3 decimals and pairs where a sentence has
-    no differing token are left out (``n_skipped``), as bias-bench does.
+    ``protocol`` (:mod:`peft_debias.eval.protocols`) decides the scoring; ``bos`` and ``mlm_tokens`` override the
+    default protocol's switches. Returns ``{"protocol", "scoring": "masked"|"causal", "mlm_tokens", "causal",
+    "axes": {axis: {...}}, "decisions": {axis: {id: 0/1}}}``. With ``mlm_tokens="diff"`` (bias-bench) the scores
+    are compared at 3 decimals and pairs where a sentence has no differing token are left out (``n_skipped``), as
+    bias-bench does.
     """
+    chosen_protocol = resolve_protocol(protocol, causal_bos=bos, crows_mlm_tokens=mlm_tokens)
     axes = list(axes)
     by_axis = {axis: pairs_for_axis(pairs, axis, where) for axis in axes}
     chosen = [p for axis in axes for p in by_axis[axis]]
     masked = kind is ModelKind.MASKED_LM
     if masked:
+        check_masked(chosen_protocol, "CrowS-Pairs")
         scores = masked_pair_scores(
-            model, tokenizer, chosen, tokens=mlm_tokens, batch_size=2 * batch_size, progress=progress
-        )
+            model, tokenizer, chosen, tokens=chosen_protocol.crows_mlm_tokens, batch_size=2 * batch_size,
+            progress=progress,
+        )  # fmt: skip
     elif kind is ModelKind.CAUSAL_LM:
-        scores = causal_pair_scores(model, tokenizer, chosen, batch_size=batch_size, bos=bos, progress=progress)
+        scores = causal_pair_scores(
+            model, tokenizer, chosen, batch_size=batch_size, protocol=chosen_protocol, progress=progress
+        )
     else:
         raise ValueError(f"CrowS-Pairs needs a masked or causal LM, got {kind}")
-    bias_bench = masked and mlm_tokens == "diff"
+    bias_bench = masked and chosen_protocol.crows_mlm_tokens == "diff"
     out: dict[str, Any] = {
+        "protocol": chosen_protocol.name,
         "scoring": "masked" if masked else "causal",
-        "mlm_tokens": mlm_tokens if masked else None,
+        "mlm_tokens": chosen_protocol.crows_mlm_tokens if masked else None,
+        "causal": None if masked else causal_record(tokenizer, chosen_protocol),
         "axes": {},
         "decisions": {},
     }
@@ -279,6 +301,8 @@ def run_crows(
             seed=seed,
             axis=axis,
             decimals=3 if bias_bench else None,
+            direction_ties=chosen_protocol.direction_ties,
+            likelihood_diff=chosen_protocol.causal_total == "sum" and not masked,
         )
         figures["n_skipped"] = int((~keep).sum())
         out["axes"][axis], out["decisions"][axis] = figures, decisions

@@ -154,25 +154,31 @@ def causal_logprob_sums(
     bos: str = "context",
     groups: Sequence[Sequence[int]] | None = None,
     progress: bool | None = None,
+    start: int | None = None,
+    special_tokens: bool = False,
 ) -> list[tuple[float, int]]:
     """``(sum of token log-probs, token count)`` of each text under a causal LM; mean = sum / count.
 
     The text's tokens (no special tokens added) are all scored, the first one conditioned on the BOS token
     (EOS if there is none), as in bias-bench's CrowS-Pairs / StereoSet causal scoring. ``bos="context"``
     feeds ``[BOS] + tokens`` in one forward, so every token also sees BOS (the natural input of a model trained
-    with one). ``bos="separate"`` reproduces bias-bench literally: the first token's probability comes from a
-    forward on BOS alone and the rest from a forward on the tokens without BOS.
+    with one); a text whose tokens already start with that token is not given a second one (lm-eval's rule).
+    ``bos="separate"`` follows bias-bench's structure: the first token's probability comes from a forward on the
+    start token alone and the rest from a forward on the tokens without it.
+
+    ``start`` replaces the start token (bias-bench's ``<|endoftext|>``: :mod:`peft_debias.eval.protocols`);
+    ``special_tokens`` encodes each text with the tokenizer's special tokens, as ``tokenizer.encode(text)`` does.
 
     ``groups`` (lists of text indices, e.g. the two sentences of a CrowS-Pairs pair) are scored packed, their
     shared prefix computed once (:mod:`peft_debias.eval.packed`), with the same numbers.
     """
     if bos not in ("context", "separate"):
         raise DebiasError(f"unknown causal BOS mode {bos!r}", "use 'context' or 'separate'")
-    start = start_token_id(tokenizer)
+    start = start_token_id(tokenizer) if start is None else int(start)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else start
     limit = max_sequence_length(model, tokenizer)
     device = model_device(model)
-    body = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    body = [tokenizer(t, add_special_tokens=special_tokens)["input_ids"] for t in texts]
     if any(len(b) + 1 > limit for b in body):
         raise DebiasError(
             f"a sentence is longer than the model's {limit}-token limit",
@@ -183,7 +189,7 @@ def causal_logprob_sums(
         one = torch.tensor([[start]], device=device)
         logits = model(**_inputs(one, torch.ones_like(one))).logits[0, -1]
         first = torch.log_softmax(logits.float(), dim=-1).double().cpu()
-    seqs = [[start, *b] for b in body] if bos == "context" else [list(b) for b in body]
+    seqs = [list(b) if bos != "context" or b[:1] == [start] else [start, *b] for b in body]
     vocab = getattr(getattr(model, "config", None), "vocab_size", None) or len(tokenizer)
     if groups is not None and bos == "context" and not virtual_tokens(model) and packing_works(model, start, vocab):
         return _packed_sums(model, seqs, groups, pad, batch_size, progress)

@@ -17,6 +17,7 @@ from typing import Any
 from peft_debias.core.atomic import atomic_output
 from peft_debias.core.errors import DebiasError
 from peft_debias.core.portable import scrub_local_paths
+from peft_debias.core.provenance import protocol_name
 from peft_debias.eval.formatting import format_ci as _ci
 from peft_debias.eval.formatting import format_number as _num
 from peft_debias.eval.formatting import format_p as _p
@@ -29,6 +30,20 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return [*lines, *("| " + " | ".join(r) + " |" for r in rows), ""]
 
 
+def _protocol_details(results: Mapping[str, Any]) -> str:
+    """The protocol's summary and how causal sentences were scored, as a suffix of the report's protocol line."""
+    record = results.get("protocol")
+    summary = record.get("summary") if isinstance(record, Mapping) else None
+    causal = next(
+        (b["causal"] for b in (results.get("crows"), results.get("stereoset")) if b and b.get("causal")), None
+    )
+    parts = [summary] if summary else []
+    if causal:
+        parts.append(f"causal: {causal.get('score')}, first token after {causal.get('start_token')} "
+                     f"({causal.get('first_token')})")  # fmt: skip
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def _single(results: Mapping[str, Any]) -> list[str]:
     adapters = ", ".join(
         f"{a['path']} ({a['peft_type']}{', merged' if a.get('merged') else ''})" for a in results.get("adapters", [])
@@ -39,6 +54,7 @@ def _single(results: Mapping[str, Any]) -> list[str]:
         "",
         f"- model: `{results.get('model')}` ({results.get('model_kind')})",
         f"- adapters: {adapters or 'none'}",
+        f"- protocol: `{protocol_name(results)}`{_protocol_details(results)}",
         f"- created: {results.get('created', '')}; {versions}",
         "",
     ]
@@ -54,6 +70,7 @@ def _single(results: Mapping[str, Any]) -> list[str]:
     crows = results.get("crows")
     if crows:
         out += [f"## CrowS-Pairs ({crows.get('scoring')} scoring; stereotype score, ideal 50)", ""]
+        lm_eval = any("likelihood_diff" in v for v in crows["axes"].values())
         rows = [
             [
                 a,
@@ -61,10 +78,12 @@ def _single(results: Mapping[str, Any]) -> list[str]:
                 str(v["n"]),
                 _num(v["stereo"]["stereotype_score"]),
                 _num(v["antistereo"]["stereotype_score"]),
+                *([_num(v.get("likelihood_diff"), 3)] if lm_eval else []),
             ]
             for a, v in crows["axes"].items()
         ]
-        out += _table(["axis", "stereotype score [95% CI]", "n", "stereo pairs", "antistereo pairs"], rows)
+        header = ["axis", "stereotype score [95% CI]", "n", "stereo pairs", "antistereo pairs"]
+        out += _table(header + (["likelihood diff"] if lm_eval else []), rows)
     stereo = results.get("stereoset")
     if stereo:
         out += [f"## StereoSet intrasentence ({stereo.get('scoring')} scoring; ideal SS 50, LMS 100, ICAT 100)", ""]
@@ -158,6 +177,7 @@ def _multi(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     ppl = [r.get("perplexity") for r in runs]
     if any(ppl):
         rows.append(["perplexity", *[_num(p["perplexity"]) if p else "" for p in ppl]])
+    rows.insert(0, ["protocol", *[protocol_name(r) for r in runs]])
     return ["# Bias evaluation: comparison", "", *_table(["figure", *labels], rows)]
 
 
@@ -329,7 +349,10 @@ def plot_results(
 
 def text_summary(results: Mapping[str, Any]) -> list[str]:
     """A few lines for the terminal: the headline figure per benchmark and axis, and the comparison."""
-    out = [f"{results.get('label')}: {results.get('model')} ({results.get('model_kind')})"]
+    out = [
+        f"{results.get('label')}: {results.get('model')} ({results.get('model_kind')}; "
+        f"protocol {protocol_name(results)})"
+    ]
     seat = results.get("seat")
     if seat:
         axes = "; ".join(

@@ -19,6 +19,7 @@ from peft_debias.core.atomic import atomic_output
 from peft_debias.core.errors import DebiasError, one_line
 from peft_debias.core.jsonio import dumps
 from peft_debias.core.portable import scrub_local_paths
+from peft_debias.core.provenance import protocol_name
 from peft_debias.eval.stats import mcnemar_exact
 
 SCHEMA_VERSION = 1
@@ -99,7 +100,13 @@ def _paired(here: Mapping[str, Any], there: Mapping[str, Any], bench: str) -> di
 
 def compare_results(current: Mapping[str, Any], other: Mapping[str, Any]) -> dict[str, Any]:
     """Compare two results dicts: paired CrowS / StereoSet decisions (flips + exact McNemar p), SEAT mean |ES|
-    per axis and perplexity. Deltas are ``current - other``."""
+    per axis and perplexity. Deltas are ``current - other``. Runs of different protocols are not comparable."""
+    mine, theirs = protocol_name(current), protocol_name(other)
+    if mine != theirs:
+        raise DebiasError(
+            f"the runs used different scoring protocols ({mine} and {theirs}), so their figures are not comparable",
+            f"evaluate both with the same --protocol (e.g. rerun the other with --protocol {mine})",
+        )
     out: dict[str, Any] = {
         "other": {"label": other.get("label"), "model": other.get("model"), "adapters": other.get("adapters", [])}
     }

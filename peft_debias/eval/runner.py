@@ -17,6 +17,7 @@ from peft_debias.core.errors import DebiasError
 from peft_debias.core.provenance import timestamp, versions
 from peft_debias.eval.benchmarks import BENCHMARKS, EvalConfig, check_benchmarks
 from peft_debias.eval.handle import ModelHandle, peek_kind, resolve_model
+from peft_debias.eval.protocols import OVERRIDES, check_masked, check_protocol_benchmarks
 from peft_debias.eval.results import SCHEMA_VERSION, compare_results, load_results
 from peft_debias.eval.sources import DataSource, check_axes
 
@@ -27,11 +28,21 @@ logger = logging.getLogger(__name__)
 _VERSIONED = ("torch", "transformers", "peft", "numpy")  # the libraries that decide the numbers
 
 
-def _defaults(kind: ModelKind) -> list[str]:
-    return [n for n, b in BENCHMARKS.items() if kind in b.kinds]
+def _defaults(kind: ModelKind, config: EvalConfig) -> list[str]:
+    names = check_protocol_benchmarks(
+        config.rules(), [n for n, b in BENCHMARKS.items() if kind in b.kinds], explicit=False
+    )
+    if not names:
+        raise DebiasError(
+            f"--protocol {config.protocol} defines no benchmark for a model of kind {kind.value}",
+            "use --protocol default",
+        )
+    return names
 
 
-def _check_kinds(names: list[str], kind: ModelKind | None, model_name: Any) -> None:
+def _check_kinds(names: list[str], kind: ModelKind | None, model_name: Any, config: EvalConfig) -> None:
+    if kind is not None and kind.value == "masked_lm" and not config.rules().masked:
+        check_masked(config.rules(), " and ".join(names))
     for name in names:
         if kind is not None and kind not in BENCHMARKS[name].kinds:
             raise DebiasError(
@@ -59,10 +70,17 @@ def _header(
         "adapters": handle.adapters,
         "benchmarks": names,
         "axes": axes,
-        "config": {k: v for k, v in asdict(config).items() if k != "progress"},
+        "protocol": config.rules().record(),
+        "config": {k: v for k, v in asdict(config).items() if k != "progress"} | _switches(config),
         "versions": versions(_VERSIONED),
         "created": timestamp(),
     }
+
+
+def _switches(config: EvalConfig) -> dict[str, Any]:
+    """The protocol switches as they were applied (a config field left None takes the protocol's value)."""
+    rules = config.rules()
+    return {key: getattr(rules, key) for key in OVERRIDES}
 
 
 def evaluate_bias(
@@ -107,24 +125,26 @@ def evaluate_bias(
     config = replace(config or EvalConfig(), **options).validate()
     axes_list = check_axes(axes)
     names = check_benchmarks(benchmarks)
+    if names is not None:
+        check_protocol_benchmarks(config.rules(), names, explicit=True)
     other = load_results(compare) if isinstance(compare, (str, Path)) else compare
     source = DataSource.resolve(data_dir)
     expected = peek_kind(model, kind)
     if names is None and expected is not None:
-        names = _defaults(expected)
+        names = _defaults(expected, config)
     data: dict[str, tuple[Any, dict[str, Any]]] = {}
     if names is not None:  # read and check the data, and the kind, before loading the model
-        _check_kinds(names, expected, model if isinstance(model, (str, Path)) else None)
+        _check_kinds(names, expected, model if isinstance(model, (str, Path)) else None, config)
         for name in names:
             data[name] = BENCHMARKS[name].load(source, config, axes_list)
     t0 = time.perf_counter()
     handle = resolve_model(model, tokenizer, kind=kind, adapters=adapters, allow_base_mismatch=allow_base_mismatch)
     seconds: dict[str, float] = {"load": time.perf_counter() - t0}
     if names is None:
-        names = _defaults(handle.kind)
+        names = _defaults(handle.kind, config)
         for name in names:
             data[name] = BENCHMARKS[name].load(source, config, axes_list)
-    _check_kinds(names, handle.kind, handle.name)
+    _check_kinds(names, handle.kind, handle.name, config)
     results = _header(handle, label, names, axes_list, config)
     for name in names:
         payload, info = data[name]

@@ -26,6 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from peft_debias.core.errors import DebiasError, one_line
+from peft_debias.eval.protocols import Protocol, get_protocol, natural_key
 from peft_debias.eval.stats import association, rng_for, seat_statistics
 
 logger = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ def select_seat_tests(folder: Path, tests: str | Sequence[str] | None, axes: Ite
     """The tests to run: ``"all"``/None = every file in ``folder``; ``"axes"`` = the tests of ``axes``; or names."""
     files = seat_test_files(folder)
     if tests is None or tests == "all" or tests == ["all"]:
-        names = list(files)
+        names = sorted(files, key=natural_key)  # bias-bench's order: sent-weat3 before sent-weat10
     elif tests == "axes" or tests == ["axes"]:
         names = [t for axis in axes for t in SEAT_AXIS_TESTS[axis]]
     else:
@@ -146,14 +147,19 @@ def run_seat(
     n_samples: int = 100_000,
     seed: int = 0,
     progress: bool | None = None,
+    protocol: str | Protocol = "default",
 ) -> dict[str, Any]:
     """Run SEAT tests with one ``encode(sentences) -> (n, d) array`` call over all distinct sentences.
 
-    Returns ``{"tests": {name: {...}}, "axes": {axis: {"mean_abs_effect_size", "n_tests", "tests"}},
+    Returns ``{"protocol", "tests": {name: {...}}, "axes": {axis: {"mean_abs_effect_size", "n_tests", "tests"}},
     "n_samples", "n_sentences"}`` (axes also carry ``mean_abs_association_gap``); each test is ``{"effect_size",
     "association_gap", "p_value", "axis", "exact", "n_permutations", "n", "categories"}``. The p-value of each
-    test uses its own seeded generator, so it does not depend on which other tests run.
+    test uses its own seeded generator, so it does not depend on which other tests run; under ``protocol``
+    ``bias-bench`` the sampled ones come from one legacy ``RandomState(seed)`` drawn through the tests in order, as
+    bias-bench's ``SEATRunner`` draws them (the figures then depend on the tests run before).
     """
+    rules = get_protocol(protocol)
+    sequence = np.random.RandomState(seed) if rules.seat_rng == "numpy-sequence" else None
     sentences = list(dict.fromkeys(s for t in tests for k in SETS for s in t.sets()[k]))
     embeddings = np.asarray(encode(sentences), dtype=np.float64)
     if embeddings.shape[0] != len(sentences):
@@ -162,7 +168,8 @@ def run_seat(
     results: dict[str, dict[str, Any]] = {}
     for test in tqdm(tests, desc="SEAT tests", leave=False, disable=None if progress is None else not progress):
         x, y, a, b = (embeddings[[row[s] for s in test.sets()[k]]] for k in SETS)
-        effect, perm = seat_statistics(x, y, a, b, n_samples=n_samples, rng=rng_for(seed, "seat", test.name))
+        rng = sequence if sequence is not None else rng_for(seed, "seat", test.name)
+        effect, perm = seat_statistics(x, y, a, b, n_samples=n_samples, rng=rng)
         gap = float(association(x, a, b).mean() - association(y, a, b).mean())
         results[test.name] = {
             "effect_size": effect,
@@ -189,4 +196,10 @@ def run_seat(
             "n_tests": len(names),
             "tests": names,
         }
-    return {"tests": results, "axes": per_axis, "n_samples": n_samples, "n_sentences": len(sentences)}
+    return {
+        "protocol": rules.name,
+        "tests": results,
+        "axes": per_axis,
+        "n_samples": n_samples,
+        "n_sentences": len(sentences),
+    }

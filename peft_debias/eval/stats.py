@@ -73,7 +73,9 @@ def _combination_chunks(total: int, k: int, chunk: int) -> Iterator[np.ndarray]:
         yield np.array(block, dtype=np.int64)
 
 
-def permutation_p_value(s: np.ndarray, n: int, n_samples: int, rng: np.random.Generator) -> PermutationResult:
+def permutation_p_value(
+    s: np.ndarray, n: int, n_samples: int, rng: np.random.Generator | np.random.RandomState
+) -> PermutationResult:
     """One-sided permutation p-value of ``sum(s[:n])`` among equal partitions of ``s`` (``len(s) == 2n``).
 
     Exact when ``C(2n, n) <= n_samples``: the fraction of all ``n``-subsets whose sum is at least the observed
@@ -81,7 +83,8 @@ def permutation_p_value(s: np.ndarray, n: int, n_samples: int, rng: np.random.Ge
     ``n_samples - 1`` uniformly random ``n``-subsets are drawn (the ``n`` smallest of random 16-bit keys, 32-bit
     above 4096 values; a row whose ``n``-th and ``(n+1)``-th keys tie, about 1 in 1000, is redrawn, which keeps
     the draw exactly uniform since the keys are exchangeable) and ``p = (1 + #{sum >= observed}) / n_samples``.
-    Ties (within :data:`TIE_RTOL`) count as exceeding.
+    Ties (within :data:`TIE_RTOL`) count as exceeding. A legacy ``numpy.random.RandomState`` as ``rng`` samples
+    as sent-bias does instead, shuffle for shuffle (:func:`_sampled_like_sent_bias`).
     """
     s = np.asarray(s, dtype=np.float64)
     if s.ndim != 1 or s.size != 2 * n or n < 1:
@@ -98,6 +101,8 @@ def permutation_p_value(s: np.ndarray, n: int, n_samples: int, rng: np.random.Ge
                 observed = float(sums[0])  # the first combination is X itself, summed the same way
             hits += int((sums >= observed - tol).sum())
         return PermutationResult(hits / n_partitions, True, n_partitions)
+    if isinstance(rng, np.random.RandomState):
+        return _sampled_like_sent_bias(s, n, n_samples, rng)
     observed = float(s[:n].sum())
     draws = n_samples - 1
     hits = 1  # the observed partition, as in sent-bias ("hallucinate a positive observation")
@@ -116,8 +121,29 @@ def permutation_p_value(s: np.ndarray, n: int, n_samples: int, rng: np.random.Ge
     return PermutationResult(hits / n_samples, False, n_samples)
 
 
+def _sampled_like_sent_bias(s: np.ndarray, n: int, n_samples: int, state: np.random.RandomState) -> PermutationResult:
+    """sent-bias's sampled test draw for draw (bias-bench ``weat.p_val_permutation_test``): the index array
+    ``0..2n-1`` is shuffled in place ``n_samples - 1`` times with the legacy ``state`` (so the stream continues
+    across tests), each time summing ``s`` over its first ``n`` entries; the observed partition counts once, and
+    sums at least the observed one (exactly: ``>`` or ``==``) count as exceeding."""
+    observed = s[np.arange(n)].sum()
+    order = np.arange(2 * n)
+    draws = np.empty((max(n_samples - 1, 0), n), dtype=np.int64)
+    for row in draws:  # the shuffles are sequential by nature: only the sums are vectorised
+        state.shuffle(order)
+        row[:] = order[:n]
+    sums = s[draws].sum(axis=1) if len(draws) else np.zeros(0)
+    return PermutationResult((1 + int(np.count_nonzero(sums >= observed))) / n_samples, False, n_samples)
+
+
 def seat_statistics(
-    x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray, *, n_samples: int, rng: np.random.Generator
+    x: np.ndarray,
+    y: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    n_samples: int,
+    rng: np.random.Generator | np.random.RandomState,
 ) -> tuple[float, PermutationResult]:
     """Effect size and permutation p-value of one SEAT test from the four sets' embeddings (rows)."""
     if len(x) != len(y):

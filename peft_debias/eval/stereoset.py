@@ -31,7 +31,9 @@ from typing import Any
 import numpy as np
 
 from peft_debias.core.errors import DebiasError, one_line
-from peft_debias.eval.lm_scoring import causal_logprob_sums, mask_token_id, masked_logprobs, max_sequence_length
+from peft_debias.eval.causal import causal_record, causal_scores
+from peft_debias.eval.lm_scoring import mask_token_id, masked_logprobs, max_sequence_length
+from peft_debias.eval.protocols import Protocol, check_masked, resolve_protocol
 from peft_debias.eval.sources import label_name
 from peft_debias.eval.stats import bootstrap_counts, percentile_interval, rng_for
 from peft_debias.models.loading import ModelKind
@@ -213,8 +215,12 @@ def masked_item_scores(
     batch_size: int = 64,
     mlm_mean: str = "logprob",
     progress: bool | None = None,
+    strip_prefix: bool = True,
 ) -> np.ndarray:
-    """``(n, 3)`` filler scores (stereotype, anti-stereotype, unrelated) under a masked LM."""
+    """``(n, 3)`` filler scores (stereotype, anti-stereotype, unrelated) under a masked LM.
+
+    ``strip_prefix=False`` inserts the decoded subtoken prefix as decoded, leading space included (bias-bench).
+    """
     if mlm_mean not in ("logprob", "prob"):
         raise DebiasError(f"unknown masked-LM filler mean {mlm_mean!r}", "use 'logprob' or 'prob'")
     mask_token = tokenizer.convert_ids_to_tokens(mask_token_id(tokenizer))
@@ -228,7 +234,8 @@ def masked_item_scores(
         for j, sentence in enumerate(item.sentences):
             filler = tokenizer(space + template_word(item.context, sentence), add_special_tokens=False)["input_ids"]
             for k, target in enumerate(filler):
-                prefix = tokenizer.decode(filler[:k]).lstrip() if k else ""
+                prefix = tokenizer.decode(filler[:k]) if k else ""
+                prefix = prefix.lstrip() if strip_prefix else prefix
                 text = item.context.replace("BLANK", prefix + mask_token)
                 if text not in where:
                     ids = list(tokenizer(text, truncation=True, max_length=limit)["input_ids"])
@@ -254,18 +261,19 @@ def causal_item_scores(
     items: Sequence[StereoSetItem],
     *,
     batch_size: int = 32,
-    bos: str = "context",
+    bos: str | None = None,
+    protocol: str | Protocol = "default",
     progress: bool | None = None,
 ) -> np.ndarray:
-    """``(n, 3)`` mean per-token log-probs of the three filled sentences under a causal LM."""
+    """``(n, 3)`` scores of the three filled sentences under a causal LM: mean per-token log-probs, or summed
+    log-likelihoods under ``protocol="lm-eval"`` (:func:`~peft_debias.eval.causal.causal_scores`)."""
+    chosen = resolve_protocol(protocol, causal_bos=bos)
     texts = list(dict.fromkeys(s for item in items for s in item.sentences))
     index = {t: i for i, t in enumerate(texts)}
     groups = [[index[s] for s in item.sentences] for item in items]  # an item's shared prefix is computed once
-    scored = causal_logprob_sums(
-        model, tokenizer, texts, batch_size=batch_size, bos=bos, groups=groups, progress=progress
-    )
-    mean = {t: (total / count if count else np.nan) for t, (total, count) in zip(texts, scored, strict=True)}
-    return np.array([[mean[s] for s in item.sentences] for item in items], dtype=np.float64)
+    scores = causal_scores(model, tokenizer, texts, protocol=chosen, groups=groups, batch_size=batch_size,
+                           progress=progress)  # fmt: skip
+    return np.array([[scores[index[s]] for s in item.sentences] for item in items], dtype=np.float64)
 
 
 def item_decisions(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -331,31 +339,41 @@ def run_stereoset(
     n_bootstrap: int = 10_000,
     seed: int = 0,
     batch_size: int = 32,
-    bos: str = "context",
-    mlm_mean: str = "logprob",
+    protocol: str | Protocol = "default",
+    bos: str | None = None,
+    mlm_mean: str | None = None,
     progress: bool | None = None,
     where: str = "data",
 ) -> dict[str, Any]:
     """Score the items of ``axes`` in one batched pass.
 
-    Returns ``{"scoring", "axes": {axis: {"ss", "lms", "icat", "n", "n_targets", "ci95": {"ss", "lms",
-    "icat"}}}, "decisions": {axis: {item id: 1 if stereotype > anti-stereotype else 0}}, "items": {axis: {item id:
-    {"target", "pro": 0/1, "related": 0-2, "group"}}}}`` (``items`` lets figures be recomputed on any subset of
-    items; ``group`` is the item's :func:`split_group`).
+    ``protocol`` (:mod:`peft_debias.eval.protocols`) decides the scoring; ``bos`` and ``mlm_mean`` override the
+    default protocol's switches. Returns ``{"protocol", "scoring", "mlm_filler_mean", "causal", "axes": {axis:
+    {"ss", "lms", "icat", "n", "n_targets", "ci95": {"ss", "lms", "icat"}}}, "decisions": {axis: {item id: 1 if
+    stereotype > anti-stereotype else 0}}, "items": {axis: {item id: {"target", "pro": 0/1, "related": 0-2,
+    "group"}}}}`` (``items`` lets figures be recomputed on any subset of items; ``group`` is the item's
+    :func:`split_group`).
     """
     axes = list(axes)
     by_axis = {axis: items_for_axis(items, axis, where) for axis in axes}
     chosen = [item for axis in axes for item in by_axis[axis]]
-    if kind is ModelKind.MASKED_LM:
+    rules = resolve_protocol(protocol, causal_bos=bos, mlm_filler_mean=mlm_mean)
+    masked = kind is ModelKind.MASKED_LM
+    if masked:
+        check_masked(rules, "StereoSet")
         scores = masked_item_scores(
-            model, tokenizer, chosen, batch_size=2 * batch_size, mlm_mean=mlm_mean, progress=progress
-        )
+            model, tokenizer, chosen, batch_size=2 * batch_size, mlm_mean=rules.mlm_filler_mean, progress=progress,
+            strip_prefix=rules.mlm_strip_prefix,
+        )  # fmt: skip
     elif kind is ModelKind.CAUSAL_LM:
-        scores = causal_item_scores(model, tokenizer, chosen, batch_size=batch_size, bos=bos, progress=progress)
+        scores = causal_item_scores(model, tokenizer, chosen, batch_size=batch_size, protocol=rules, progress=progress)
     else:
         raise ValueError(f"StereoSet needs a masked or causal LM, got {kind}")
     out: dict[str, Any] = {
-        "scoring": "masked" if kind is ModelKind.MASKED_LM else "causal",
+        "protocol": rules.name,
+        "scoring": "masked" if masked else "causal",
+        "mlm_filler_mean": rules.mlm_filler_mean if masked else None,
+        "causal": None if masked else causal_record(tokenizer, rules),
         "axes": {},
         "decisions": {},
         "items": {},
