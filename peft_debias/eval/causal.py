@@ -4,6 +4,7 @@ forward, and whether a sentence's score is its mean per-token log-prob or its su
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +12,8 @@ import numpy as np
 
 from peft_debias.eval.lm_scoring import causal_logprob_sums, start_token_id
 from peft_debias.eval.protocols import ENDOFTEXT, Protocol
+
+logger = logging.getLogger(__name__)
 
 
 def protocol_start(tokenizer: Any, protocol: Protocol) -> tuple[int, str]:
@@ -58,9 +61,12 @@ def causal_scores(
 
 
 def causal_record(tokenizer: Any, protocol: Protocol) -> dict[str, Any]:
-    """How causal sentences were scored, for a results file."""
+    """How causal sentences were scored, for a results file (a warning when bias-bench's start token is missing)."""
+    start = protocol_start(tokenizer, protocol)[1]
+    if protocol.causal_start == "endoftext" and start != ENDOFTEXT:
+        logger.warning("--protocol %s: first tokens are conditioned on %s", protocol.name, start)
     return {
-        "start_token": protocol_start(tokenizer, protocol)[1],
+        "start_token": start,
         "first_token": "separate forward" if protocol.causal_bos == "separate" else "in context",
         "special_tokens": protocol.causal_specials,
         "score": "summed log-likelihood" if protocol.causal_total == "sum" else "mean per-token log-prob",

@@ -15,8 +15,10 @@ preferring ``sent_more`` (bias-bench's "neutral" pairs stay in the denominator).
   to 3 decimals before comparing, pairs where one side has no differing token skipped. Use it to compare with
   bias-bench's published numbers (e.g. bert-base-uncased gender 57.25).
 * Causal LM: mean per-token log-prob of the sentence, the first token conditioned on BOS
-  (:func:`~peft_debias.eval.lm_scoring.causal_logprob_sums`; bias-bench's geometric-mean probability orders
-  sentences the same way).
+  (:func:`~peft_debias.eval.causal.causal_scores`). ``protocol="bias-bench"`` conditions it on ``<|endoftext|>``
+  in a separate forward, as bias-bench does (its geometric-mean probability orders sentences the same way);
+  ``protocol="lm-eval"`` compares summed log-likelihoods and adds ``likelihood_diff``
+  (:mod:`peft_debias.eval.protocols`).
 
 Every score carries a 95% percentile bootstrap interval over pairs, and the per-pair decisions are returned
 keyed by the CSV row id, so two runs can be compared pair by pair (McNemar, :mod:`peft_debias.eval.results`).

@@ -8,7 +8,8 @@ Each item has a context with ``BLANK`` and three fillers: stereotype, anti-stere
   mask; a sentence's score is the mean over its subtokens. (bias-bench averages probabilities instead; pass
   ``mlm_mean="prob"`` for that; both agree on single-subtoken fillers.) A tokenizer that marks word-initial
   spaces (byte-level BPE: RoBERTa, GPT-2) gets the word with a leading space, bias-bench's RoBERTa rule.
-* Causal LM: mean per-token log-prob of the whole filled sentence, the first token conditioned on BOS.
+* Causal LM: mean per-token log-prob of the whole filled sentence, the first token conditioned on BOS (under
+  ``protocol`` bias-bench and lm-eval as for CrowS-Pairs: :mod:`peft_debias.eval.protocols`).
 
 Counts per target term: ``pro`` = stereotype scores higher than anti-stereotype (a tie counts as anti),
 ``related`` += 1 for each of stereotype and anti-stereotype scoring higher than unrelated. Per term
