@@ -8,6 +8,7 @@ is :func:`register_benchmark`; a duplicate name is an error, an unknown one list
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,25 +217,6 @@ def _load_crows(source: DataSource, config: EvalConfig, axes: list[str]) -> tupl
     )  # fmt: skip
 
 
-def _run_crows(handle: ModelHandle, data: Any, config: EvalConfig, axes: list[str]) -> dict[str, Any]:
-    from peft_debias.eval.crows import run_crows
-
-    pairs, where = data
-    return run_crows(
-        handle.model,
-        handle.tokenizer,
-        handle.kind,
-        pairs,
-        axes=axes,
-        n_bootstrap=config.n_bootstrap,
-        seed=config.seed,
-        batch_size=config.batch_size,
-        protocol=config.rules(),
-        progress=config.progress,
-        where=where,
-    )
-
-
 def _load_stereoset(source: DataSource, config: EvalConfig, axes: list[str]) -> tuple[Any, dict[str, Any]]:
     from peft_debias.eval.stereoset import items_for_axis, load_stereoset, split_group, stereoset_from_rows
 
@@ -244,23 +226,27 @@ def _load_stereoset(source: DataSource, config: EvalConfig, axes: list[str]) -> 
     )  # fmt: skip
 
 
-def _run_stereoset(handle: ModelHandle, data: Any, config: EvalConfig, axes: list[str]) -> dict[str, Any]:
-    from peft_debias.eval.stereoset import run_stereoset
+def _run_items(module: str, function: str) -> Callable[[ModelHandle, Any, EvalConfig, list[str]], dict[str, Any]]:
+    """The ``run`` step of an item benchmark: ``module.function`` (imported when it runs: ``run_crows``,
+    ``run_stereoset``, which share one signature) on the items ``_load_items`` read."""
 
-    items, where = data
-    return run_stereoset(
-        handle.model,
-        handle.tokenizer,
-        handle.kind,
-        items,
-        axes=axes,
-        n_bootstrap=config.n_bootstrap,
-        seed=config.seed,
-        batch_size=config.batch_size,
-        protocol=config.rules(),
-        progress=config.progress,
-        where=where,
-    )
+    def run(handle: ModelHandle, data: Any, config: EvalConfig, axes: list[str]) -> dict[str, Any]:
+        items, where = data
+        return getattr(importlib.import_module(module), function)(
+            handle.model,
+            handle.tokenizer,
+            handle.kind,
+            items,
+            axes=axes,
+            n_bootstrap=config.n_bootstrap,
+            seed=config.seed,
+            batch_size=config.batch_size,
+            protocol=config.rules(),
+            progress=config.progress,
+            where=where,
+        )
+
+    return run
 
 
 def _load_perplexity(source: DataSource, config: EvalConfig, axes: list[str]) -> tuple[Any, dict[str, Any]]:
@@ -295,9 +281,23 @@ def _run_perplexity(handle: ModelHandle, data: Any, config: EvalConfig, axes: li
 
 
 register_benchmark(Benchmark("seat", "SEAT effect sizes and p-values", (*_LM_KINDS, "encoder"), _load_seat, _run_seat))
-register_benchmark(Benchmark("crows", "CrowS-Pairs stereotype score", _LM_KINDS, _load_crows, _run_crows))
 register_benchmark(
-    Benchmark("stereoset", "StereoSet intrasentence SS/LMS/ICAT", _LM_KINDS, _load_stereoset, _run_stereoset)
+    Benchmark(
+        "crows",
+        "CrowS-Pairs stereotype score",
+        _LM_KINDS,
+        _load_crows,
+        _run_items("peft_debias.eval.crows", "run_crows"),
+    )
+)
+register_benchmark(
+    Benchmark(
+        "stereoset",
+        "StereoSet intrasentence SS/LMS/ICAT",
+        _LM_KINDS,
+        _load_stereoset,
+        _run_items("peft_debias.eval.stereoset", "run_stereoset"),
+    )
 )
 register_benchmark(
     Benchmark("perplexity", "(pseudo-)perplexity on a text", _LM_KINDS, _load_perplexity, _run_perplexity)
