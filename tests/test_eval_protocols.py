@@ -123,6 +123,18 @@ def test_lm_eval_protocol_is_lm_evals_crows_pairs(tiny_models: dict[str, Path]) 
     assert result["likelihood_diff"] == pytest.approx(np.mean(np.abs(reference[:, 0] - reference[:, 1])), abs=1e-4)
 
 
+def test_only_lm_eval_lets_a_sentence_bring_its_own_start_token(tiny_models: dict[str, Path]) -> None:
+    """The default protocol scores every token of the text, a leading BOS text too (DESIGN section 4)."""
+    from peft_debias.eval.lm_scoring import causal_logprob_sums
+
+    loaded = load_model(str(tiny_models["llama"]))
+    text = "<s>She is a nurse."
+    n = len(loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
+    [(_, default)] = causal_logprob_sums(loaded.model, loaded.tokenizer, [text])
+    [(_, lm_eval)] = causal_logprob_sums(loaded.model, loaded.tokenizer, [text], reuse_start=True)
+    assert (default, lm_eval) == (n, n - 1)
+
+
 def test_lm_eval_has_no_masked_scoring(tiny_models: dict[str, Path]) -> None:
     loaded = load_model(str(tiny_models["bert"]))
     with pytest.raises(DebiasError, match="--protocol lm-eval defines CrowS-Pairs for causal LMs only"):

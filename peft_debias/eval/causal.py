@@ -55,6 +55,7 @@ def causal_scores(
         progress=progress,
         start=start,
         special_tokens=protocol.causal_specials,
+        reuse_start=protocol.causal_reuse_start,
     )
     total = protocol.causal_total == "sum"
     return np.array([(s if total else s / n) if n else np.nan for s, n in scored], dtype=np.float64)

@@ -156,18 +156,21 @@ def causal_logprob_sums(
     progress: bool | None = None,
     start: int | None = None,
     special_tokens: bool = False,
+    reuse_start: bool = False,
 ) -> list[tuple[float, int]]:
     """``(sum of token log-probs, token count)`` of each text under a causal LM; mean = sum / count.
 
     The text's tokens (no special tokens added) are all scored, the first one conditioned on the BOS token
     (EOS if there is none), as in bias-bench's CrowS-Pairs / StereoSet causal scoring. ``bos="context"``
     feeds ``[BOS] + tokens`` in one forward, so every token also sees BOS (the natural input of a model trained
-    with one); a text whose tokens already start with that token is not given a second one (lm-eval's rule).
+    with one).
     ``bos="separate"`` follows bias-bench's structure: the first token's probability comes from a forward on the
     start token alone and the rest from a forward on the tokens without it.
 
     ``start`` replaces the start token (bias-bench's ``<|endoftext|>``: :mod:`peft_debias.eval.protocols`);
     ``special_tokens`` encodes each text with the tokenizer's special tokens, as ``tokenizer.encode(text)`` does.
+    ``reuse_start``: a text whose tokens already start with the start token takes that token as its context
+    instead of a second one, and its first token is not scored (lm-eval's rule for an empty context).
 
     ``groups`` (lists of text indices, e.g. the two sentences of a CrowS-Pairs pair) are scored packed, their
     shared prefix computed once (:mod:`peft_debias.eval.packed`), with the same numbers.
@@ -189,7 +192,8 @@ def causal_logprob_sums(
         one = torch.tensor([[start]], device=device)
         logits = model(**_inputs(one, torch.ones_like(one))).logits[0, -1]
         first = torch.log_softmax(logits.float(), dim=-1).double().cpu()
-    seqs = [list(b) if bos != "context" or b[:1] == [start] else [start, *b] for b in body]
+    reuse = reuse_start and bos == "context"
+    seqs = [list(b) if bos != "context" or (reuse and b[:1] == [start]) else [start, *b] for b in body]
     vocab = getattr(getattr(model, "config", None), "vocab_size", None) or len(tokenizer)
     if groups is not None and bos == "context" and not virtual_tokens(model) and packing_works(model, start, vocab):
         return _packed_sums(model, seqs, groups, pad, batch_size, progress)

@@ -52,6 +52,8 @@ class Protocol:
     """Encode causal sentences with the tokenizer's special tokens (bias-bench's ``tokenizer.encode(sentence)``)."""
     causal_total: str = "mean"
     """``mean`` per-token log-prob, or ``sum`` (lm-eval's log-likelihood)."""
+    causal_reuse_start: bool = False
+    """A sentence that starts with the start token uses it as its own context (lm-eval)."""
     masked: bool = True
     """Whether the protocol defines masked-LM scoring."""
     crows_mlm_tokens: str = "shared"
@@ -93,6 +95,7 @@ PROTOCOLS: dict[str, Protocol] = {
             "lm-evaluation-harness's crows_pairs task (summed log-likelihood, pct_stereotype, likelihood_diff)",
             ("crows", "stereoset"),
             causal_total="sum",
+            causal_reuse_start=True,
             masked=False,
         ),
     )
