@@ -4,7 +4,7 @@ A test file holds one JSON object (despite the ``.jsonl`` name) with four sets, 
 ``attr1`` (A) and ``attr2`` (B), each ``{"category": str, "examples": [str, ...]}``. Each distinct sentence is
 encoded once per model (mean-pooled last hidden state, :func:`~peft_debias.eval.lm_scoring.mean_pooled_embeddings`),
 duplicates dropped within a set (sent-bias keys encodings by sentence) and across tests. The effect size and the
-permutation p-value are :func:`~peft_debias.eval.stats.seat_statistics`; the per-axis figure is the mean
+permutation p-value are :func:`~peft_debias.eval.stats.seat_test_statistics`; the per-axis figure is the mean
 absolute effect size over the axis's tests (:data:`SEAT_AXIS_TESTS`, the lists bias-bench uses).
 
 Each test also reports its unnormalised ``association_gap``, ``mean s(X) - mean s(Y)`` in cosine units (the effect
@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from peft_debias.core.errors import DebiasError, one_line
 from peft_debias.eval.protocols import Protocol, get_protocol, natural_key
-from peft_debias.eval.stats import association, rng_for, seat_statistics
+from peft_debias.eval.stats import rng_for, seat_test_statistics, unit_rows
 
 logger = logging.getLogger(__name__)
 
@@ -164,16 +164,17 @@ def run_seat(
     embeddings = np.asarray(encode(sentences), dtype=np.float64)
     if embeddings.shape[0] != len(sentences):
         raise ValueError(f"encode returned {embeddings.shape[0]} rows for {len(sentences)} sentences")
+    embeddings = unit_rows(embeddings)  # a no-op for SEAT's L2-normalised encodings; once for any others
     row = {s: i for i, s in enumerate(sentences)}
     results: dict[str, dict[str, Any]] = {}
     for test in tqdm(tests, desc="SEAT tests", leave=False, disable=None if progress is None else not progress):
         x, y, a, b = (embeddings[[row[s] for s in test.sets()[k]]] for k in SETS)
         rng = sequence if sequence is not None else rng_for(seed, "seat", test.name)
-        effect, perm = seat_statistics(x, y, a, b, n_samples=n_samples, rng=rng)
-        gap = float(association(x, a, b).mean() - association(y, a, b).mean())
+        stats = seat_test_statistics(x, y, a, b, n_samples=n_samples, rng=rng, unit=True)
+        effect, perm = stats.effect_size, stats.permutation
         results[test.name] = {
             "effect_size": effect,
-            "association_gap": gap,
+            "association_gap": stats.association_gap,
             "p_value": perm.p_value,
             "axis": axis_of_test(test.name),
             "exact": perm.exact,

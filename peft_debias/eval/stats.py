@@ -34,6 +34,18 @@ def rng_for(seed: int, *names: str) -> np.random.Generator:
     return np.random.default_rng([int(seed), *(zlib.crc32(n.encode("utf-8")) for n in names)])
 
 
+def unit_rows(u: np.ndarray, *, atol: float = 1e-12) -> np.ndarray:
+    """``u`` as float64 with L2-normalised rows; returned as it is when every row is unit already (within ``atol``).
+
+    Zero rows stay zero (their cosine with anything is 0, as in :func:`cosine_matrix`).
+    """
+    u = np.asarray(u, dtype=np.float64)
+    norms = np.sqrt(np.einsum("ij,ij->i", u, u))[:, None] if u.size else np.ones((len(u), 1))
+    if np.all((np.abs(norms - 1.0) <= atol) | (norms == 0.0)):
+        return u
+    return u / np.where(norms == 0, 1.0, norms)
+
+
 def cosine_matrix(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Cosine similarity of every row of ``u`` with every row of ``v`` (float64)."""
     u = np.asarray(u, dtype=np.float64)
@@ -46,6 +58,12 @@ def cosine_matrix(u: np.ndarray, v: np.ndarray) -> np.ndarray:
 def association(w: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``s(w, A, B)`` for every row ``w``: mean cosine with ``A`` minus mean cosine with ``B``."""
     return cosine_matrix(w, a).mean(axis=1) - cosine_matrix(w, b).mean(axis=1)
+
+
+def unit_association(w: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """:func:`association` for rows that are unit vectors already: one cosine table ``w @ [A; B].T``, no norms."""
+    table = w @ np.concatenate([a, b]).T
+    return table[:, : len(a)].mean(axis=1) - table[:, len(a) :].mean(axis=1)
 
 
 def effect_size_from_associations(s_x: np.ndarray, s_y: np.ndarray) -> float:
@@ -136,6 +154,46 @@ def _sampled_like_sent_bias(s: np.ndarray, n: int, n_samples: int, state: np.ran
     return PermutationResult((1 + int(np.count_nonzero(sums >= observed))) / n_samples, False, n_samples)
 
 
+@dataclass(frozen=True)
+class SeatStatistics:
+    """One SEAT test's figures: effect size, association gap ``mean s(X) - mean s(Y)`` and the permutation test."""
+
+    effect_size: float
+    association_gap: float
+    permutation: PermutationResult
+
+
+def seat_test_statistics(
+    x: np.ndarray,
+    y: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    n_samples: int,
+    rng: np.random.Generator | np.random.RandomState,
+    unit: bool = False,
+) -> SeatStatistics:
+    """Effect size, association gap and permutation p-value of one SEAT test from the four sets' embeddings.
+
+    The ``s`` values come from one cosine table of ``X u Y`` against ``A u B``; the gap is the effect size's
+    numerator. ``unit=True`` promises L2-normalised rows (as :func:`~peft_debias.eval.lm_scoring.mean_pooled_embeddings`
+    returns; :func:`unit_rows` makes any rows so): no norm is computed. Otherwise the rows are normalised here.
+    """
+    if len(x) != len(y):
+        raise ValueError(f"the permutation test needs equal target sets, got {len(x)} and {len(y)}")
+    targets = np.concatenate([x, y])
+    if unit:
+        s = unit_association(np.asarray(targets, dtype=np.float64), a, b)
+    else:
+        s = unit_association(unit_rows(targets), unit_rows(a), unit_rows(b))
+    s_x, s_y = s[: len(x)], s[len(x) :]
+    return SeatStatistics(
+        effect_size_from_associations(s_x, s_y),
+        float(np.mean(s_x) - np.mean(s_y)),
+        permutation_p_value(s, len(x), n_samples, rng),
+    )
+
+
 def seat_statistics(
     x: np.ndarray,
     y: np.ndarray,
@@ -145,12 +203,9 @@ def seat_statistics(
     n_samples: int,
     rng: np.random.Generator | np.random.RandomState,
 ) -> tuple[float, PermutationResult]:
-    """Effect size and permutation p-value of one SEAT test from the four sets' embeddings (rows)."""
-    if len(x) != len(y):
-        raise ValueError(f"the permutation test needs equal target sets, got {len(x)} and {len(y)}")
-    s = association(np.concatenate([x, y]), a, b)
-    effect = effect_size_from_associations(s[: len(x)], s[len(x) :])
-    return effect, permutation_p_value(s, len(x), n_samples, rng)
+    """Effect size and permutation p-value of one SEAT test (:func:`seat_test_statistics` without the gap)."""
+    stats = seat_test_statistics(x, y, a, b, n_samples=n_samples, rng=rng)
+    return stats.effect_size, stats.permutation
 
 
 def percentile_interval(samples: np.ndarray, level: float = 0.95) -> list[float]:
