@@ -14,8 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from peft_debias.core.atomic import atomic_output
 from peft_debias.core.errors import DebiasError
 from peft_debias.core.fingerprints import file_ends_fingerprint
@@ -56,6 +54,7 @@ def _is_complete(folder: Path) -> bool:
 
 def _convert_gguf(gguf: Path, dest: Path) -> None:
     """De-quantise ``gguf`` into a float32 safetensors model + tokenizer folder at ``dest``."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(gguf.parent), gguf.name
