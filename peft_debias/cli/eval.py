@@ -19,6 +19,11 @@ from peft_debias.cli.options import at_least, field_type
 from peft_debias.eval.benchmarks import EvalConfig
 from peft_debias.eval.protocols import PROTOCOLS
 
+THREADS_HELP = (
+    "CPU threads of torch and of numpy's BLAS (default: available CPUs minus one, at least 1: on a 2-core machine "
+    "one thread is faster than two)"
+)
+BATCH_HELP = "most sentences per forward (default 32; SEAT 64); --max-batch-tokens bounds their padded size"
 HELP = "evaluate bias (SEAT, CrowS-Pairs, StereoSet) and LM quality; compare runs; plot result files"
 
 
@@ -57,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--n-bootstrap", type=bounds("n_bootstrap"), default=10_000, help="bootstrap resamples (default 10000; 0: none)"
     )
     what.add_argument("--seed", type=bounds("seed"), default=0, help="seed of the permutation tests and bootstraps")
-    what.add_argument("--batch-size", type=bounds("batch_size"), default=32, help="sentences per forward (default 32)")
+    what.add_argument("--batch-size", type=bounds("batch_size"), default=32, help=BATCH_HELP)
     _add_protocol_arguments(what)
     what.add_argument("--seat-dir", help="SEAT folder (default <data>/seat)")
     what.add_argument("--crows-file", help="CrowS-Pairs CSV (default <data>/crows_pairs/crows_pairs_anonymized.csv)")
@@ -76,8 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="score only this half of the CrowS/StereoSet items (tune on 'select', report 'report')",
     )
     what.add_argument("--split-seed", type=bounds("split_seed"), default=0, help="seed of the item split (default 0)")
-    what.add_argument("--threads", type=at_least(int, 1), help="torch CPU threads")
+    what.add_argument("--threads", type=at_least(int, 1), help=THREADS_HELP)
     what.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_speed_arguments(what)
     out = parser.add_argument_group("outputs")
     out.add_argument("--output", help="results JSON (evaluate / --results) or chart PNG (--plot)")
     out.add_argument("--report", help="markdown report")
@@ -114,6 +120,22 @@ def _add_protocol_arguments(group: argparse._ArgumentGroup) -> None:
         choices=["logprob", "prob"],
         help="default protocol only: StereoSet masked filler score, mean log-prob ('logprob', the default) or mean "
         "probability ('prob', as bias-bench)",
+    )
+
+
+def _add_speed_arguments(what: argparse._ArgumentGroup) -> None:
+    """Batching and precision options (the last of the evaluation group)."""
+    what.add_argument(
+        "--max-batch-tokens",
+        type=bounds("max_batch_tokens"),
+        help="padded tokens per forward: length-sorted batches stay under it, --batch-size caps their rows "
+        "(default: encoding 2048, LM-head scoring 1024)",
+    )
+    what.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16"],
+        default="fp32",
+        help="model precision (default fp32); bf16 loads the model in bfloat16, the LM head and log-softmax stay fp32",
     )
 
 
@@ -173,11 +195,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         from peft_debias.eval.benchmarks import EvalConfig
         from peft_debias.eval.runner import evaluate_bias
+        from peft_debias.eval.threads import use_threads
 
-        if args.threads:
-            import torch
-
-            torch.set_num_threads(args.threads)
+        use_threads(args.threads)
         config = EvalConfig(
             seat_tests=args.seat_tests if args.seat_tests in ("all", "axes") else args.seat_tests.split(","),
             n_samples=args.n_samples,
@@ -198,6 +218,8 @@ def run(args: argparse.Namespace) -> int:
             split=args.split,
             split_seed=args.split_seed,
             progress=False if args.no_progress else None,
+            max_batch_tokens=args.max_batch_tokens,
+            dtype=args.dtype,
         )
         results = evaluate_bias(
             args.model,

@@ -16,7 +16,7 @@ from typing import Any
 
 from peft_debias.core.bounds import check_bounds
 from peft_debias.core.errors import DebiasError
-from peft_debias.eval.handle import ModelHandle
+from peft_debias.eval.handle import DTYPES, ModelHandle
 from peft_debias.eval.protocols import Protocol, resolve_protocol
 from peft_debias.eval.sources import DataSource, hub_rows, parse_names, sha256_of
 from peft_debias.eval.splits import check_split, take_split
@@ -75,13 +75,20 @@ class EvalConfig:
     )
     split_seed: int = field(default=0, metadata={"help": "seed of the select/report item split", "min": 0})
     progress: bool | None = field(default=None, metadata={"help": "progress bars (None: only on a terminal)"})
+    max_batch_tokens: int | None = field(
+        default=None,
+        metadata={"help": "padded tokens per forward (default: encoding 2048, LM-head scoring 1024)", "min": 1},
+    )
+    dtype: str = field(
+        default="fp32", metadata={"help": "model precision: 'fp32' or 'bf16' (LM head and log-softmax stay fp32)"}
+    )
 
     def validate(self) -> EvalConfig:
         for name, low in (("n_samples", 1), ("n_bootstrap", 0), ("batch_size", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or value < low:
                 raise DebiasError(f"{name} is {value!r}", f"pass an integer >= {low}")
-        for name in ("ppl_max_tokens", "ppl_window", "ppl_stride"):
+        for name in ("ppl_max_tokens", "ppl_window", "ppl_stride", "max_batch_tokens"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise DebiasError(f"{name} is {value!r}", "pass a positive integer")
@@ -93,6 +100,8 @@ class EvalConfig:
             )
         self.rules()
         check_split(self.split)
+        if self.dtype not in DTYPES:
+            raise DebiasError(f"dtype {self.dtype!r} is unknown", f"use one of {', '.join(DTYPES)}")
         return self
 
     def rules(self) -> Protocol:

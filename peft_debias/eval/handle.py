@@ -13,6 +13,10 @@ if TYPE_CHECKING:
     from peft_debias.models.loading import ModelKind
 
 
+# The precisions a model can be evaluated in (``--dtype``): name -> torch dtype name.
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+
+
 @dataclass
 class ModelHandle:
     """The model being evaluated: model, tokenizer, kind, a display name and the adapters attached."""
@@ -45,18 +49,24 @@ def resolve_model(
     kind: str | ModelKind | None = None,
     adapters: Iterable[str] = (),
     allow_base_mismatch: bool = False,
+    dtype: str = "fp32",
 ) -> ModelHandle:
     """A model name / alias / folder, a :class:`~peft_debias.models.loading.LoadedModel`, or a model object
     (+ tokenizer)
     -> a :class:`ModelHandle`, with ``adapters`` attached (:func:`~peft_debias.eval.adapters.attach_adapters`:
     read and checked before the model loads; an adapter recorded for another base is refused unless
-    ``allow_base_mismatch``)."""
+    ``allow_base_mismatch``). ``dtype`` (``fp32`` / ``bf16``, see
+    :data:`DTYPES`) is the precision a named model is loaded in; a model object
+    must already be in it when ``bf16`` is asked for."""
+    import torch
+
     from peft_debias.eval.adapters import attach_adapters, read_adapters
     from peft_debias.models.loading import LoadedModel, ModelKind, load_model, load_tokenizer
 
+    torch_dtype = getattr(torch, DTYPES[dtype])
     files = read_adapters(list(adapters))
     if isinstance(model, (str, Path)):
-        loaded = load_model(str(model), kind)
+        loaded = load_model(str(model), kind, dtype=torch_dtype)
         handle = ModelHandle(loaded.model, loaded.tokenizer, loaded.kind, loaded.name)
     elif isinstance(model, LoadedModel):
         handle = ModelHandle(model.model, tokenizer or model.tokenizer, model.kind, model.name)
@@ -70,6 +80,12 @@ def resolve_model(
                     f"no tokenizer given for the model object ({err.problem})", "pass tokenizer="
                 ) from err
         handle = ModelHandle(model, tokenizer, ModelKind(kind) if kind else infer_kind(model), name)
+    held = next(handle.model.parameters()).dtype
+    if dtype != "fp32" and held != torch_dtype:
+        raise DebiasError(
+            f"dtype {dtype} was asked for, but the model object passed is in {held}",
+            f"pass a model name (loaded in {dtype}) or convert the model first (model.to(torch.{DTYPES[dtype]}))",
+        )
     handle.model, handle.adapters = attach_adapters(handle.model, files, allow_base_mismatch=allow_base_mismatch)
     handle.model.eval()
     return handle

@@ -4,23 +4,29 @@ All three work on plain transformers models and on PEFT-wrapped ones, prompt lea
 prepends virtual tokens to the sequence, so the model's outputs are longer than the input; every position is
 offset by ``output length - input length`` (zero for LoRA and prefix tuning).
 
-Speed: sequences are sorted by length and padded per batch (attention masks exclude the padding), and the LM
-head (the vocabulary projection, as costly as a small encoder's whole body) is evaluated only at the positions
-that are scored: a forward pre-hook on ``model.get_output_embeddings()`` hands it just those hidden states. A
-model whose head cannot be hooked falls back to full logits, with the same numbers.
+Speed: sequences are sorted by length and padded per batch (attention masks exclude the padding), in batches
+bounded by a padded-token budget (:mod:`peft_debias.eval.batching`), and the LM head runs only at the scored
+positions, in fp32 for a bf16 model (:mod:`peft_debias.eval.lm_head`).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from peft_debias.core.errors import DebiasError
+from peft_debias.eval.batching import DEFAULT_HEAD_TOKENS, DEFAULT_MAX_TOKENS, resolve_budget, token_budget_batches
+from peft_debias.eval.lm_head import (
+    HeadRows,
+    HeadWeight,
+    fp32_head_weight,
+    head_log_softmax,
+    head_only_at,
+    model_inputs,
+)
 from peft_debias.eval.packed import batch as packed_batch
 from peft_debias.eval.packed import pack, packing_works
 
@@ -78,32 +84,6 @@ def mask_token_id(tokenizer: Any, model_name: str = "the model") -> int:
     return int(tokenizer.mask_token_id)
 
 
-class _HeadRows:
-    """Forward pre-hook on the LM head: keep only the hidden states at ``(rows, cols)`` of the input grid."""
-
-    def __init__(self, width: int, rows: torch.Tensor, cols: torch.Tensor) -> None:
-        self.width, self.rows, self.cols, self.fired = width, rows, cols, False
-
-    def __call__(self, module: torch.nn.Module, args: tuple) -> tuple:
-        hidden = args[0]
-        if self.fired or hidden.dim() != 3:  # only the first call, on (batch, length, hidden)
-            return args
-        self.fired = True
-        offset = hidden.shape[1] - self.width
-        return (hidden[self.rows, self.cols + offset].unsqueeze(0), *args[1:])
-
-
-@contextlib.contextmanager
-def _head_only_at(model: Any, hook: _HeadRows) -> Iterator[None]:
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    handle = head.register_forward_pre_hook(hook) if isinstance(head, torch.nn.Module) else None
-    try:
-        yield
-    finally:
-        if handle is not None:
-            handle.remove()
-
-
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids and attention mask (padding at the end also keeps causal positions right)."""
     width = max(len(s) for s in seqs)
@@ -113,35 +93,6 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device) 
         ids[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
         mask[i, : len(seq)] = 1
     return ids.to(device), mask.to(device)
-
-
-def _inputs(ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    # No token_type_ids: BERT-style models default to zeros (one segment), and PEFT prompt learning rejects them.
-    return {"input_ids": ids, "attention_mask": mask}
-
-
-def head_log_softmax(
-    model: Any, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, **extra: Any
-) -> torch.Tensor:
-    """Log-softmax over the vocabulary at the input positions ``(rows[k], cols[k])``: a ``(k, vocab)`` tensor.
-
-    ``extra`` goes to the model too (the packed path passes ``position_ids`` and a 4-D ``mask``).
-    """
-    hook = _HeadRows(ids.shape[1], rows, cols)
-    with _head_only_at(model, hook):
-        logits = model(**_inputs(ids, mask), **extra).logits
-    if hook.fired:
-        picked = logits[0]
-    else:  # the head could not be hooked: full logits, offset past any virtual tokens
-        offset = logits.shape[1] - ids.shape[1]
-        picked = logits[rows, cols + offset]
-    return torch.log_softmax(picked.float(), dim=-1)
-
-
-def _batches(order: Sequence[int], batch_size: int, desc: str, progress: bool | None) -> Iterator[list[int]]:
-    starts = range(0, len(order), max(1, batch_size))
-    for lo in tqdm(starts, desc=desc, leave=False, disable=None if progress is None else not progress):
-        yield list(order[lo : lo + batch_size])
 
 
 @torch.inference_mode()
@@ -157,15 +108,15 @@ def causal_logprob_sums(
     start: int | None = None,
     special_tokens: bool = False,
     reuse_start: bool = False,
+    max_tokens: int | None = None,
 ) -> list[tuple[float, int]]:
     """``(sum of token log-probs, token count)`` of each text under a causal LM; mean = sum / count.
 
     The text's tokens (no special tokens added) are all scored, the first one conditioned on the BOS token
     (EOS if there is none), as in bias-bench's CrowS-Pairs / StereoSet causal scoring. ``bos="context"``
     feeds ``[BOS] + tokens`` in one forward, so every token also sees BOS (the natural input of a model trained
-    with one).
-    ``bos="separate"`` follows bias-bench's structure: the first token's probability comes from a forward on the
-    start token alone and the rest from a forward on the tokens without it.
+    with one). ``bos="separate"`` follows bias-bench's structure: the first token's probability comes from a
+    forward on the start token alone and the rest from a forward on the tokens without it.
 
     ``start`` replaces the start token (bias-bench's ``<|endoftext|>``: :mod:`peft_debias.eval.protocols`);
     ``special_tokens`` encodes each text with the tokenizer's special tokens, as ``tokenizer.encode(text)`` does.
@@ -174,6 +125,10 @@ def causal_logprob_sums(
 
     ``groups`` (lists of text indices, e.g. the two sentences of a CrowS-Pairs pair) are scored packed, their
     shared prefix computed once (:mod:`peft_debias.eval.packed`), with the same numbers.
+
+    Batches are length-sorted and bounded by ``max_tokens`` padded tokens (default :data:`DEFAULT_HEAD_TOKENS`)
+    and ``batch_size`` rows (:func:`token_budget_batches`). A model loaded in a lower precision gets its LM head
+    and log-softmax in fp32 (:func:`fp32_head_weight`).
     """
     if bos not in ("context", "separate"):
         raise DebiasError(f"unknown causal BOS mode {bos!r}", "use 'context' or 'separate'")
@@ -187,24 +142,30 @@ def causal_logprob_sums(
             f"a sentence is longer than the model's {limit}-token limit",
             "shorten it or use a model with a longer context",
         )
+    head = fp32_head_weight(model)
+    budget = resolve_budget(max_tokens, DEFAULT_HEAD_TOKENS)
     first: torch.Tensor | None = None  # bos="separate": log-probs of the first token given BOS alone
     if bos == "separate":
         one = torch.tensor([[start]], device=device)
-        logits = model(**_inputs(one, torch.ones_like(one))).logits[0, -1]
-        first = torch.log_softmax(logits.float(), dim=-1).double().cpu()
+        zero = torch.zeros(1, dtype=torch.long, device=device)
+        first = head_log_softmax(model, one, torch.ones_like(one), zero, zero, head)[0].double().cpu()
     reuse = reuse_start and bos == "context"
     seqs = [list(b) if bos != "context" or (reuse and b[:1] == [start]) else [start, *b] for b in body]
     vocab = getattr(getattr(model, "config", None), "vocab_size", None) or len(tokenizer)
     if groups is not None and bos == "context" and not virtual_tokens(model) and packing_works(model, start, vocab):
-        return _packed_sums(model, seqs, groups, pad, batch_size, progress)
-    order = sorted((i for i in range(len(texts)) if len(seqs[i]) > 1), key=lambda i: len(seqs[i]))
+        return _packed_sums(model, seqs, groups, pad, (batch_size, budget), progress, head)
+    scored = [i for i in range(len(texts)) if len(seqs[i]) > 1]
     out: list[tuple[float, int]] = [(0.0, 0)] * len(texts)
-    for idx in _batches(order, batch_size, "causal scoring", progress):
+    lengths_all = [len(seqs[i]) for i in scored]
+    for part in token_budget_batches(
+        lengths_all, max_tokens=budget, max_rows=batch_size, desc="causal scoring", progress=progress
+    ):
+        idx = [scored[j] for j in part]
         ids, mask = pad_batch([seqs[i] for i in idx], pad, device)
         lengths = mask.sum(1)
         valid = torch.arange(ids.shape[1] - 1, device=device)[None, :] < (lengths[:, None] - 1)
         rows, cols = valid.nonzero(as_tuple=True)
-        logp = head_log_softmax(model, ids, mask, rows, cols)
+        logp = head_log_softmax(model, ids, mask, rows, cols, head)
         lp = logp.gather(-1, ids[rows, cols + 1][:, None]).squeeze(-1).double().cpu()
         sums = torch.zeros(len(idx), dtype=torch.float64).index_add_(0, rows.cpu(), lp)
         for r, i in enumerate(idx):
@@ -222,9 +183,11 @@ def _packed_sums(
     seqs: list[list[int]],
     groups: Sequence[Sequence[int]],
     pad: int,
-    batch_size: int,
+    limits: tuple[int, int],
     progress: bool | None,
+    head: HeadWeight,
 ) -> list[tuple[float, int]]:
+    """Packed groups in batches of at most ``limits = (sentences, padded tokens)``."""
     seen: set[int] = set()
     members: list[list[int]] = []
     for group in [*groups, *([i] for i in range(len(seqs)))]:  # then every text not in a group, alone
@@ -234,10 +197,16 @@ def _packed_sums(
             members.append(kept)
     packed = [pack([seqs[i] for i in m]) for m in members]
     device, dtype = model_device(model), next(model.parameters()).dtype
+    batch_size, budget = limits
     per_batch = max(1, batch_size * len(members) // max(1, sum(len(m) for m in members)))
     sums = torch.zeros(len(seqs), dtype=torch.float64)
-    order = sorted(range(len(packed)), key=lambda k: len(packed[k].ids))
-    for idx in _batches(order, per_batch, "causal scoring (packed)", progress):
+    for idx in token_budget_batches(
+        [len(p.ids) for p in packed],
+        max_tokens=budget,
+        max_rows=per_batch,
+        desc="causal scoring (packed)",
+        progress=progress,
+    ):
         inputs = packed_batch([packed[k] for k in idx], pad, dtype, device)
         cells: dict[tuple[int, int], int] = {}  # (batch row, logits row) -> row of the head output
         which, targets, owners = [], [], []
@@ -249,7 +218,7 @@ def _packed_sums(
         rows = torch.tensor([r for r, _ in cells], device=device)
         cols = torch.tensor([c for _, c in cells], device=device)
         logp = head_log_softmax(
-            model, inputs["input_ids"], inputs["attention_mask"], rows, cols, position_ids=inputs["position_ids"]
+            model, inputs["input_ids"], inputs["attention_mask"], rows, cols, head, position_ids=inputs["position_ids"]
         )
         picked = logp[torch.tensor(which, device=device), torch.tensor(targets, device=device)].double().cpu()
         sums.index_add_(0, torch.tensor(owners), picked)
@@ -266,12 +235,15 @@ def masked_logprobs(
     batch_size: int = 64,
     progress: bool | None = None,
     desc: str = "masked scoring",
+    max_tokens: int | None = None,
 ) -> np.ndarray:
     """For each row ``(sequence index, position, target id)``: ``log p(target)`` at that position when it is masked.
 
     Each distinct ``(sequence, position)`` is one copy of the sequence with that single position replaced by the
     mask token, run once however many rows (targets) read it; copies of many sequences share a batch (sorted
-    by length), and the LM head runs only at the masked positions.
+    by length, at most ``batch_size`` copies and ``max_tokens`` padded tokens, default
+    :data:`DEFAULT_HEAD_TOKENS`), and the LM head runs only at the masked positions (in fp32, see
+    :func:`fp32_head_weight`).
     """
     mask_id = mask_token_id(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else mask_id
@@ -290,8 +262,10 @@ def masked_logprobs(
     for r, (seq, pos, _) in enumerate(rows):
         readers[copies[(seq, pos)]].append(r)
     out = np.zeros(len(rows), dtype=np.float64)
-    order = sorted(range(len(keys)), key=lambda k: len(sequences[keys[k][0]]))
-    for idx in _batches(order, batch_size, desc, progress):
+    head = fp32_head_weight(model)
+    budget = resolve_budget(max_tokens, DEFAULT_HEAD_TOKENS)
+    lengths = [len(sequences[seq]) for seq, _ in keys]
+    for idx in token_budget_batches(lengths, max_tokens=budget, max_rows=batch_size, desc=desc, progress=progress):
         batch = []
         for k in idx:
             seq = list(sequences[keys[k][0]])
@@ -299,7 +273,7 @@ def masked_logprobs(
             batch.append(seq)
         ids, mask = pad_batch(batch, pad, device)
         cols = torch.tensor([keys[k][1] for k in idx], device=device)
-        logp = head_log_softmax(model, ids, mask, torch.arange(len(idx), device=device), cols)
+        logp = head_log_softmax(model, ids, mask, torch.arange(len(idx), device=device), cols, head)
         which = [(j, r) for j, k in enumerate(idx) for r in readers[k]]
         picked = logp[[j for j, _ in which], [rows[r][2] for _, r in which]]
         out[[r for _, r in which]] = picked.double().cpu().numpy()
@@ -308,24 +282,40 @@ def masked_logprobs(
 
 @torch.inference_mode()
 def mean_pooled_embeddings(
-    model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 64, progress: bool | None = None
+    model: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    batch_size: int | None = None,
+    progress: bool | None = None,
+    max_tokens: int | None = None,
 ) -> np.ndarray:
     """Mean over tokens (padding and virtual tokens excluded) of the last hidden state, one float64 row per text.
 
     As in SEAT (May et al. 2019; bias-bench ``seat.py``): the tokenizer's special tokens are included, the
     last layer is averaged, and the vectors are L2-normalised. For causal LMs the same mean pooling is used.
+    Batches are length-sorted, at most ``max_tokens`` padded tokens (default :data:`DEFAULT_MAX_TOKENS`) and
+    ``batch_size`` rows (None: no row cap) each.
     """
     device = model_device(model)
     limit = max_sequence_length(model, tokenizer)
     rows: list[np.ndarray | None] = [None] * len(texts)
     encoded = [tokenizer(t, truncation=True, max_length=limit)["input_ids"] for t in texts]
-    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     empty = torch.zeros(0, dtype=torch.long, device=device)
-    for idx in _batches(order, batch_size, "encoding", progress):
+    lengths = [len(e) for e in encoded]
+    # A bare encoder returns its last hidden state; a model with an LM head returns logits, so ask for the layers.
+    all_layers = callable(getattr(model, "get_output_embeddings", None)) and model.get_output_embeddings() is not None
+    for idx in token_budget_batches(
+        lengths,
+        max_tokens=resolve_budget(max_tokens, DEFAULT_MAX_TOKENS),
+        max_rows=batch_size,
+        desc="encoding",
+        progress=progress,
+    ):
         ids, mask = pad_batch([encoded[i] for i in idx], pad, device)  # right padding, also for causal LMs
-        with _head_only_at(model, _HeadRows(ids.shape[1], empty, empty)):  # no LM head needed: no positions
-            result = model(**_inputs(ids, mask), output_hidden_states=True)
+        with head_only_at(model, HeadRows(ids.shape[1], empty, empty)):  # no LM head needed: no positions
+            result = model(**model_inputs(ids, mask), output_hidden_states=all_layers)
         hidden = getattr(result, "last_hidden_state", None)
         if hidden is None:
             hidden = result.hidden_states[-1]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from peft_debias.core.errors import DebiasError
 from peft_debias.core.provenance import timestamp, versions
+from peft_debias.eval.batching import batch_token_budget
 from peft_debias.eval.benchmarks import BENCHMARKS, EvalConfig, check_benchmarks
 from peft_debias.eval.handle import ModelHandle, peek_kind, resolve_model
 from peft_debias.eval.protocols import OVERRIDES, check_masked, check_protocol_benchmarks
@@ -138,7 +139,9 @@ def evaluate_bias(
         for name in names:
             data[name] = BENCHMARKS[name].load(source, config, axes_list)
     t0 = time.perf_counter()
-    handle = resolve_model(model, tokenizer, kind=kind, adapters=adapters, allow_base_mismatch=allow_base_mismatch)
+    handle = resolve_model(
+        model, tokenizer, kind=kind, adapters=adapters, allow_base_mismatch=allow_base_mismatch, dtype=config.dtype
+    )
     seconds: dict[str, float] = {"load": time.perf_counter() - t0}
     if names is None:
         names = _defaults(handle.kind, config)
@@ -150,7 +153,8 @@ def evaluate_bias(
         payload, info = data[name]
         t0 = time.perf_counter()
         logger.info("running %s on %s", name, handle.name)
-        block = BENCHMARKS[name].run(handle, payload, config, axes_list)
+        with batch_token_budget(config.max_batch_tokens):
+            block = BENCHMARKS[name].run(handle, payload, config, axes_list)
         seconds[name] = time.perf_counter() - t0
         results[name] = {**block, "source": info, "seconds": seconds[name]}
     seconds["total"] = time.perf_counter() - started
