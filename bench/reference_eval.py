@@ -137,3 +137,30 @@ def causal_mean_logprob(model: Any, tokenizer: Any, sentence: str, bos: str = "c
     ids = torch.tensor([[start, *tokens]])
     logp = torch.log_softmax(model(ids).logits[0], dim=-1)
     return float(np.mean([logp[i - 1, ids[0, i]].item() for i in range(1, ids.shape[1])]))
+
+
+# ------------------------------------------------------------------------------------------------ StereoSet
+@torch.no_grad()
+def stereoset_causal_items(model: Any, tokenizer: Any, items: Sequence[Any], bos: str = "context") -> np.ndarray:
+    """StereoSet intrasentence causal scoring the way bias-bench's runner walks the data: item by item, each of
+    its three filled sentences (stereotype, anti-stereotype, unrelated) in its own forward; ``(n, 3)`` mean
+    per-token log-probs.
+
+    ``bos="separate"`` takes the first token's log-probs from one BOS-only forward made once for the whole run
+    (bias-bench's ``initial_token_probabilities``), then scores each sentence without BOS.
+    """
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    initial = torch.log_softmax(model(torch.tensor([[start]])).logits[0, -1], dim=-1)
+    scores = np.zeros((len(items), 3))
+    for row, item in enumerate(items):
+        for col, sentence in enumerate(item.sentences):
+            tokens = tokenizer(sentence, add_special_tokens=False)["input_ids"]
+            if bos == "separate":
+                logp = torch.log_softmax(model(torch.tensor([tokens])).logits[0], dim=-1)
+                values = [initial[tokens[0]].item()] + [logp[i - 1, tokens[i]].item() for i in range(1, len(tokens))]
+            else:
+                ids = [start, *tokens]
+                logp = torch.log_softmax(model(torch.tensor([ids])).logits[0], dim=-1)
+                values = [logp[i - 1, ids[i]].item() for i in range(1, len(ids))]
+            scores[row, col] = float(np.mean(values))
+    return scores
