@@ -183,3 +183,15 @@ def test_cli_options_and_a_parser_without_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"  # building the parser (every --help) imports no heavy library
+
+
+def test_an_eval_run_imports_no_optional_library(tiny_models: dict[str, Path], data_dir: Path) -> None:
+    code = (
+        "import sys; from peft_debias.cli.main import main; "
+        f"code = main(['eval', '--model', {str(tiny_models['bert_encoder'])!r}, '--benchmarks', 'seat', "
+        f"'--data-dir', {str(data_dir)!r}, '--seat-tests', 'weat6', '--n-samples', '100', '--no-progress']); "
+        "print(code, [m for m in ('peft', 'datasets', 'sentence_transformers', 'lm_eval', 'matplotlib', "
+        "'transformers.models.llama', 'transformers.models.gpt2') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.strip().splitlines()[-1] == "0 []", out.stdout + out.stderr
