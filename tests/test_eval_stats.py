@@ -17,7 +17,7 @@ from peft_debias.eval.stats import (
     percentile_interval,
     permutation_p_value,
     rng_for,
-    seat_statistics,
+    seat_test_statistics,
 )
 
 # Hand-built SEAT: A = {(1, 0)}, B = {(0, 1)}, so s(w) = cos(w, a) - cos(w, b) = (w_x - w_y) / |w|.
@@ -39,8 +39,10 @@ def test_effect_size_by_hand() -> None:
     # means 0.4 and -0.4; s over X u Y = [1, -0.2, -1, 0.2]: mean 0, sample variance 2.08 / 3
     expected = 0.8 / math.sqrt(2.08 / 3)
     assert effect_size_from_associations(np.array([1.0, -0.2]), np.array([-1.0, 0.2])) == pytest.approx(expected)
-    effect, perm = seat_statistics(X, Y, A, B, n_samples=100, rng=rng_for(0, "t"))
+    stats = seat_test_statistics(X, Y, A, B, n_samples=100, rng=rng_for(0, "t"))
+    effect, perm = stats.effect_size, stats.permutation
     assert effect == pytest.approx(expected)
+    assert stats.association_gap == pytest.approx(0.8)
     assert perm.exact and perm.n_partitions == 6
     assert math.isnan(effect_size_from_associations(np.ones(2), np.ones(2)))  # no spread: undefined
 
@@ -94,7 +96,7 @@ def test_permutation_test_rejects_bad_input() -> None:
     with pytest.raises(ValueError):
         permutation_p_value(np.ones(5), 2, 10, rng_for(0))
     with pytest.raises(ValueError):
-        seat_statistics(X, Y[:1], A, B, n_samples=10, rng=rng_for(0))
+        seat_test_statistics(X, Y[:1], A, B, n_samples=10, rng=rng_for(0))
 
 
 def test_bootstrap_interval() -> None:

@@ -194,20 +194,6 @@ def seat_test_statistics(
     )
 
 
-def seat_statistics(
-    x: np.ndarray,
-    y: np.ndarray,
-    a: np.ndarray,
-    b: np.ndarray,
-    *,
-    n_samples: int,
-    rng: np.random.Generator | np.random.RandomState,
-) -> tuple[float, PermutationResult]:
-    """Effect size and permutation p-value of one SEAT test (:func:`seat_test_statistics` without the gap)."""
-    stats = seat_test_statistics(x, y, a, b, n_samples=n_samples, rng=rng)
-    return stats.effect_size, stats.permutation
-
-
 def percentile_interval(samples: np.ndarray, level: float = 0.95) -> list[float]:
     """The ``level`` percentile interval of bootstrap ``samples`` (NaNs ignored) as ``[low, high]``."""
     samples = np.asarray(samples, dtype=np.float64)
