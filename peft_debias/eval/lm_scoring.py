@@ -149,8 +149,8 @@ def causal_logprob_sums(
         one = torch.tensor([[start]], device=device)
         zero = torch.zeros(1, dtype=torch.long, device=device)
         first = head_log_softmax(model, one, torch.ones_like(one), zero, zero, head)[0].double().cpu()
-    reuse = reuse_start and bos == "context"
-    seqs = [list(b) if bos != "context" or (reuse and b[:1] == [start]) else [start, *b] for b in body]
+    # separate: the text's forward holds no start token; lm-eval: a text that starts with it keeps it as context
+    seqs = [list(b) if bos == "separate" or (reuse_start and b[:1] == [start]) else [start, *b] for b in body]
     vocab = getattr(getattr(model, "config", None), "vocab_size", None) or len(tokenizer)
     if groups is not None and bos == "context" and not virtual_tokens(model) and packing_works(model, start, vocab):
         return _packed_sums(model, seqs, groups, pad, (batch_size, budget), progress, head)

@@ -28,6 +28,7 @@ The registry is explicit; an unknown name lists the known ones.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -150,8 +151,6 @@ def check_protocol_benchmarks(protocol: Protocol, names: list[str], *, explicit:
 
 def natural_key(name: str) -> tuple[Any, ...]:
     """bias-bench's SEAT test order: the name split into text and integers (``sent-weat3`` < ``sent-weat10``)."""
-    import re
-
     key: tuple[Any, ...] = ()
     end = 0
     for match in re.finditer(r"\d+", name):

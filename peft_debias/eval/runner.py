@@ -42,7 +42,7 @@ def _defaults(kind: ModelKind, config: EvalConfig) -> list[str]:
 
 
 def _check_kinds(names: list[str], kind: ModelKind | None, model_name: Any, config: EvalConfig) -> None:
-    if kind is not None and kind.value == "masked_lm" and not config.rules().masked:
+    if kind is not None and kind.value == "masked_lm":  # before the model loads (the scorers check it again)
         check_masked(config.rules(), " and ".join(names))
     for name in names:
         if kind is not None and kind not in BENCHMARKS[name].kinds:
