@@ -34,7 +34,12 @@ def test_flat_keys_reach_the_groups() -> None:
 
 
 def test_saved_form_and_fingerprint_are_the_flat_ones() -> None:
-    assert list(FLAT_KEYS) == SAVED_KEYS and list(TrainConfig().to_dict()) == SAVED_KEYS
+    later = SAVED_KEYS.index("regulariser") + 1  # equalize_data: saved only when set
+    assert list(FLAT_KEYS) == [*SAVED_KEYS[:later], "equalize_data", *SAVED_KEYS[later:]]
+    assert list(TrainConfig().to_dict()) == SAVED_KEYS
+    equalize = TrainConfig(objective="equalize", equalize_data="persons.json")
+    assert equalize.to_dict()["equalize_data"] == "persons.json"
+    assert TrainConfig.from_dict(equalize.to_dict()) == equalize
     # values computed before the options were grouped: interrupted runs and cached cells stay valid
     assert TrainConfig(base="b", corpus=["c"], output="o").fingerprint() == "9ae4c9d422bf4386"
     config = TrainConfig(base="b", corpus=["c"], output="o", r=4, alpha=16, beta=0.5, cda_mode="one", names=10,

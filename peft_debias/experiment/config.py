@@ -178,7 +178,10 @@ class ExperimentConfig:
         self.methods = _str_list(self.methods, "methods", allow_empty=True)
         self.objectives = _str_list(self.objectives, "objectives")
         self.benchmarks = _str_list(self.benchmarks, "benchmarks")
-        self.corpus = _str_list(self.corpus, "corpus", allow_empty=not self.methods)
+        from peft_debias.train.config import TEMPLATE_OBJECTIVES
+
+        corpus_free = not self.methods or all(o in TEMPLATE_OBJECTIVES for o in self.objectives)
+        self.corpus = _str_list(self.corpus, "corpus", allow_empty=corpus_free)
         for kind, names, known in (
             ("axis", self.axes, AXES),
             ("method", self.methods, tuple(METHODS)),

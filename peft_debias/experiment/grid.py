@@ -164,7 +164,7 @@ def _cell(kind: str, slug: str, model: str, axis: str | None, config: str, role:
 
 def expand_grid(config: ExperimentConfig, data_dir: str | Path | None = None) -> list[Cell]:
     """All cells of the experiment, baselines first, then adapter cells, then vector cells (stable order)."""
-    from peft_debias.train.config import TrainConfig
+    from peft_debias.train.config import TEMPLATE_OBJECTIVES, TrainConfig
 
     data = Path(data_dir).resolve() if data_dir is not None else None
     ex = _Expander(config, data)
@@ -182,7 +182,8 @@ def expand_grid(config: ExperimentConfig, data_dir: str | Path | None = None) ->
                 values = {**config.train, **config.method_train.get(method, {}), **variant}
                 values.update(
                     base=ex.models[model], axis=axis, method=method, objective=objective, seed=seed,
-                    cda=role == "treatment", corpus=list(ex.corpus), output="",
+                    cda=role == "treatment", corpus=[] if objective in TEMPLATE_OBJECTIVES else list(ex.corpus),
+                    output="",
                 )  # fmt: skip
                 train = TrainConfig.from_dict(values, source="experiment train block")
                 steps = sorted({s for s in config.eval_steps if s <= train.max_steps} | {train.max_steps})

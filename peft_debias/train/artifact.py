@@ -48,8 +48,7 @@ def adapter_info(trained: Trained, peft_type: str) -> dict[str, Any]:
         "method": method,
         "objective": trained.objective,
         "base_model": {**base_model_info(trained), "backbone_fingerprint": trained.backbone_fingerprint},
-        "corpus": corpus_provenance(config.corpus),
-        "cda": {"swapped": config.cda, "mode": config.cda_options.mode, **trained.data},
+        **_training_data(trained),
         "training": {
             "steps": result.steps,
             "seed": config.seed,
@@ -71,6 +70,19 @@ def adapter_info(trained: Trained, peft_type: str) -> dict[str, Any]:
         "train_config": portable_run_config(config.to_dict(), ("resume", "overwrite", "progress")),
     }
     return sidecar("adapter", fields)
+
+
+def _training_data(trained: Trained) -> dict[str, Any]:
+    """The ``corpus`` and ``cda`` entries: the corpus and its CDA, or for ``equalize`` the templates (by name and
+    sha256) and whether the groups were equalized (False: the control)."""
+    config, data = trained.config, trained.data
+    if config.templates:
+        source = {"source": f"equalize templates ({data['data']})", "sha256": data["data_sha256"]}
+        return {"corpus": [source], "cda": {"equalized": config.cda, **data}}
+    return {
+        "corpus": corpus_provenance(config.corpus),
+        "cda": {"swapped": config.cda, "mode": config.cda_options.mode, **data},
+    }
 
 
 def portable_run_config(values: dict[str, Any], skip: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -42,13 +42,17 @@ from peft_debias.train.flat import (
     typed,
 )
 
-OBJECTIVES = ("mlm", "clm", "counterfactual")
+OBJECTIVES = ("mlm", "clm", "counterfactual", "equalize")
+# Objectives that train on their own sentences (templates), not on a corpus.
+TEMPLATE_OBJECTIVES = ("equalize",)
 INVARIANCES = ("distribution", "likelihood", "both", "tokens")
 REGULARISERS = ("lm", "base")
 # The method that trains every weight of the model itself (no PEFT wrapper): the biased model of a bias vector.
 FULL = "full"
 # Called as step_callback(step, model, tokenizer) after each optimizer step (see train_adapter).
 StepCallback = Callable[[int, Any, Any], None]
+# Flat keys added after v0.1, with their defaults: left out of the flat form while at them.
+LATER_KEYS: dict[str, Any] = {"equalize_data": None}
 # Flat keys that may change between a run and its resumption.
 RESUME_FREE = {"resume", "overwrite", "log_every", "save_every", "eval_every", "progress", "base_model_id"}
 
@@ -67,6 +71,10 @@ class ObjectiveConfig:
     regulariser: str = field(
         default="lm",
         metadata={"help": "counterfactual objective, causal LMs: lm (LM loss) | base (KL to the frozen base model)"},
+    )
+    equalize_data: str | None = field(
+        default=None,
+        metadata={"help": "equalize: JSON file of persons (and templates, attributes); default: the package's"},
     )
     max_length: int = field(default=128, metadata={"help": "tokens per sequence"})
 
@@ -89,7 +97,9 @@ class TrainConfig:
     corpus: list[str] = field(default_factory=list, metadata={"help": "corpus files, folders or Hub dataset ids"})
     output: str = field(default="", metadata={"help": "output adapter folder"})
     method: str = field(default="lora", metadata={"help": "lora | prefix | prompt | ia3"})
-    objective: str | None = field(default=None, metadata={"help": "mlm | clm | counterfactual (default by model)"})
+    objective: str | None = field(
+        default=None, metadata={"help": "mlm | clm | counterfactual | equalize (default by model)"}
+    )
     kind: str | None = field(default=None, metadata={"help": "masked_lm | causal_lm | encoder (default: detect)"})
     max_steps: int | None = field(default=200, metadata={"help": "optimizer steps (wins over epochs)"})
     epochs: float | None = field(default=None, metadata={"help": "passes over the training rows"})
@@ -178,8 +188,14 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The flat form (``train_config.json``, the artifact's ``train_config``, the fingerprint): every flat key
-        in order, then each group's remaining fields that differ from their defaults, under the group's name."""
-        out = {name: copy.deepcopy(getattr(self, name)) for name in FLAT_KEYS}
+        in order (a key added later only when it differs from its default, so that earlier fingerprints, resumable
+        runs and cached cells stay valid), then each group's remaining fields that differ from their defaults, under
+        the group's name."""
+        out = {
+            name: copy.deepcopy(getattr(self, name))
+            for name in FLAT_KEYS
+            if name not in LATER_KEYS or getattr(self, name) != LATER_KEYS[name]
+        }
         for name, option_group in _GROUPS.items():
             extra = option_group.extra(getattr(self, name))
             if extra:
@@ -224,13 +240,38 @@ class TrainConfig:
             raise DebiasError(f"unknown invariance {objective.invariance!r}", f"use one of {', '.join(INVARIANCES)}")
         if objective.regulariser not in REGULARISERS:
             raise DebiasError(f"unknown regulariser {objective.regulariser!r}", f"use one of {', '.join(REGULARISERS)}")
-        if not given_texts:
+        if not given_texts and not self.templates:
             self.cda_config().validate()
 
+    @property
+    def templates(self) -> bool:
+        """True when the objective trains on its own templates rather than a corpus (``equalize``)."""
+        return self.objective in TEMPLATE_OBJECTIVES
+
     def _run_checks(self, given_texts: bool) -> list[tuple[bool, str, str]]:
+        data = self.objective_options.equalize_data
         return [
             (not self.base, "no base model given", "pass --base MODEL"),
-            (not self.corpus and not given_texts, "no corpus given", "pass --corpus PATH_OR_ID"),
+            (
+                not self.corpus and not given_texts and not self.templates,
+                "no corpus given",
+                "pass --corpus PATH_OR_ID",
+            ),
+            (
+                bool(self.corpus) and self.templates,
+                f"objective {self.objective!r} trains on its templates, not on a corpus",
+                "drop --corpus",
+            ),
+            (
+                data is not None and not self.templates,
+                "equalize_data is set but the objective is not equalize",
+                "use --objective equalize or drop --equalize-data",
+            ),
+            (
+                data is not None and not Path(data).is_file(),
+                f"equalize data file {data} not found",
+                "point --equalize-data at a JSON file",
+            ),
             (not self.output, "no output folder given", "pass --output DIR"),
             (self.max_steps is None and self.epochs is None, "neither max_steps nor epochs set", "set one"),
             (self.max_steps is not None and self.max_steps < 1, f"max_steps {self.max_steps} < 1", "use >= 1"),

@@ -5,9 +5,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from peft_debias.train.config import TrainConfig
+
+T = TypeVar("T")
 
 
 class RowStream:
@@ -32,7 +34,10 @@ class RowStream:
 
 def training_rows(ds, objective: str, cda: bool) -> list[dict[str, str]]:
     """Training rows from CDA records: LM objectives get each text (and, with CDA, its counterfactuals) as a row;
-    the counterfactual objective gets (text, counterfactual) pairs. Without CDA (the control) texts are not swapped."""
+    the counterfactual objective gets (text, counterfactual) pairs. Without CDA (the control) texts are not swapped.
+    ``equalize`` takes template rows (a list) as they are, marked to equalize or (the control) not."""
+    if objective == "equalize":
+        return [{**row, "equalize": cda} for row in ds]
     rows: list[dict[str, str]] = []
     for text, cfs in zip(ds["text"], ds["counterfactuals"], strict=True):
         if objective == "counterfactual":
@@ -42,10 +47,9 @@ def training_rows(ds, objective: str, cda: bool) -> list[dict[str, str]]:
     return rows
 
 
-def split_sentences(
-    sentences: list[str], fraction: float, seed: int, cap: int | None = None
-) -> tuple[list[str], list[str]]:
-    """Seeded shuffle, then (train, held-out): the held-out part is ``fraction`` of the sentences (at most ``cap``)."""
+def split_sentences(sentences: list[T], fraction: float, seed: int, cap: int | None = None) -> tuple[list[T], list[T]]:
+    """Seeded shuffle, then (train, held-out): the held-out part is ``fraction`` of the sentences (or of any
+    other rows; at most ``cap``)."""
     order = list(range(len(sentences)))
     random.Random(seed).shuffle(order)
     n_eval = int(len(sentences) * fraction) if len(sentences) > 1 else 0
@@ -67,6 +71,8 @@ class Corpus:
 def read_corpus(config: TrainConfig, texts: list[str] | None, accelerator, cache_dir: Path | None = None) -> Corpus:
     """The run's text: ``texts`` split into train and held-out, or the CDA records of the corpus (their Arrow
     files under ``cache_dir``, default a temporary folder removed at exit)."""
+    if config.templates:
+        return _template_rows(config)
     if texts is not None:
         train, held_out = split_sentences(texts, config.eval_fraction, config.seed, config.eval_max_rows)
         stats = {"train_sentences": len(train), "held_out_sentences": len(held_out)}
@@ -80,6 +86,17 @@ def read_corpus(config: TrainConfig, texts: list[str] | None, accelerator, cache
         ds, cda_stats = build_cda_dataset(config.corpus, config.cda_config(), cache_dir, progress=progress)
     n_eval = min(config.eval_max_rows, int(len(ds) * config.eval_fraction)) if len(ds) > 1 else 0
     return Corpus(ds.select(range(n_eval, len(ds))), ds.select(range(n_eval)), cda_stats.to_dict(), axis)
+
+
+def _template_rows(config: TrainConfig) -> Corpus:
+    """The equalize objective's rows (one per template and person tuple), split into train and held-out."""
+    from peft_debias.cda.axes import get_axis
+    from peft_debias.train.equalize import load_equalize_data
+
+    axis = get_axis(config.axis)
+    data = load_equalize_data(axis, config.objective_options.equalize_data)
+    train, held_out = split_sentences(data.rows(), config.eval_fraction, config.seed, config.eval_max_rows)
+    return Corpus(train, held_out, data.stats(len(train), len(held_out)), axis)
 
 
 def _records(texts: list[str]) -> dict[str, list]:

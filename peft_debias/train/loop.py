@@ -92,7 +92,8 @@ def _load_model(config: TrainConfig) -> _Model:
         raise DebiasError(f"{config.base} is a bare encoder without an LM head", "use a masked or causal LM")
     objective = config.objective or default_objective(kind)
     check_objective(objective, kind, config.objective_options.invariance, config.objective_options.regulariser)
-    if objective in ("mlm", "counterfactual") and kind is ModelKind.MASKED_LM and loaded.tokenizer.mask_token is None:
+    masks = ("mlm", "counterfactual", "equalize")
+    if objective in masks and kind is ModelKind.MASKED_LM and loaded.tokenizer.mask_token is None:
         raise DebiasError("the tokenizer has no mask token", "use a masked LM with a [MASK] token")
     base_fp = weights_fingerprint(loaded.model)
     backbone_fp = backbone_fingerprint(loaded.model)  # equal across heads: the downstream loader's base check

@@ -1,4 +1,4 @@
-"""Training objectives as a registry: ``mlm``, ``clm`` and ``counterfactual``.
+"""Training objectives as a registry: ``mlm``, ``clm``, ``counterfactual`` and ``equalize``.
 
 * ``mlm`` (PEFTDebias, encoders): 15% of tokens masked (80% ``[MASK]``, 10% random, 10% kept), optionally whole
   words; cross-entropy on the masked positions.
@@ -27,13 +27,15 @@
   no-swap control (each sentence paired with itself) has nothing to learn and stays at the base model: whatever the
   treatment changes comes from the swaps.
 
+* ``equalize`` (template equalization, :mod:`peft_debias.train.equalize`): masked and causal LMs; each group's
+  distribution over attribute words at a template's slot is pulled to the frozen model's mean over the groups.
+
 Masking draws from a ``torch.Generator`` seeded per step, so a resumed run sees the same masks. Logits and hidden
 states are right-aligned to the input (prompt tuning prepends virtual tokens), so every method shares one loss.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,6 +46,7 @@ from peft_debias.core.align import positions, spans
 from peft_debias.core.errors import DebiasError
 from peft_debias.models.loading import ModelKind
 from peft_debias.train.config import INVARIANCES, OBJECTIVES, REGULARISERS, ObjectiveConfig
+from peft_debias.train.forward import reference_model, tokenize, without_dropout
 
 
 def default_objective(kind: ModelKind) -> str:
@@ -84,39 +87,15 @@ def check_objective(name: str, kind: ModelKind, invariance: str = "distribution"
     if name not in OBJECTIVES:
         raise DebiasError(f"unknown objective {name!r} (known: {', '.join(OBJECTIVES)})", "pick a known objective")
     allowed = {
-        ModelKind.MASKED_LM: {"mlm", "counterfactual"},
-        ModelKind.CAUSAL_LM: {"clm", "counterfactual"},
+        ModelKind.MASKED_LM: {"mlm", "counterfactual", "equalize"},
+        ModelKind.CAUSAL_LM: {"clm", "counterfactual", "equalize"},
         ModelKind.ENCODER: {"counterfactual"},
     }[kind]
     if name not in allowed:
         raise DebiasError(
-            f"objective {name!r} does not fit a {kind.value} model", f"use --objective {' or '.join(sorted(allowed))}"
+            f"objective {name!r} does not fit {'an' if kind.value[0] in 'aeiou' else 'a'} {kind.value} model",
+            f"use --objective {' or '.join(sorted(allowed))}",
         )
-
-
-def _tokenize(tokenizer, texts: Sequence[str], kind: ModelKind, max_length: int) -> dict[str, torch.Tensor]:
-    if kind is ModelKind.CAUSAL_LM:
-        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        ids = [[start, *tokenizer(t, add_special_tokens=False)["input_ids"][: max_length - 1]] for t in texts]
-        width = max(len(x) for x in ids)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else start
-        input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids])
-        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
-        return {"input_ids": input_ids, "attention_mask": mask}
-    enc = tokenizer(
-        list(texts),
-        padding=True,
-        padding_side="right",  # the losses index real tokens as the first attention_mask.sum() positions
-        truncation=True,
-        max_length=max_length,
-        return_tensors="pt",
-        return_special_tokens_mask=True,
-        return_token_type_ids=False,
-    )
-    if "word_ids" not in enc and getattr(enc, "word_ids", None):
-        word_ids = [[-1 if w is None else w for w in enc.word_ids(i)] for i in range(len(texts))]
-        enc["word_ids"] = torch.tensor(word_ids)
-    return dict(enc)
 
 
 def mask_tokens(batch: dict[str, torch.Tensor], tokenizer, cfg: ObjectiveConfig, gen: torch.Generator) -> None:
@@ -156,18 +135,23 @@ def collate(
     cfg: ObjectiveConfig,
     gen: torch.Generator,
 ) -> dict[str, Any]:
-    """Turn rows (``text``, and ``counterfactual`` for the counterfactual objective) into model inputs."""
+    """Turn rows (``text``, and ``counterfactual`` for the counterfactual objective; template rows for
+    ``equalize``) into model inputs."""
+    if objective == "equalize":
+        from peft_debias.train.equalize import collate_equalize
+
+        return collate_equalize(rows, tokenizer, kind, cfg.max_length)
     if objective == "counterfactual":
         out = {
-            "orig": _tokenize(tokenizer, [r["text"] for r in rows], kind, cfg.max_length),
-            "cf": _tokenize(tokenizer, [r["counterfactual"] for r in rows], kind, cfg.max_length),
+            "orig": tokenize(tokenizer, [r["text"] for r in rows], kind, cfg.max_length),
+            "cf": tokenize(tokenizer, [r["counterfactual"] for r in rows], kind, cfg.max_length),
         }
         if kind is ModelKind.MASKED_LM:
             for side in ("orig", "cf"):
                 out[f"{side}_masked"] = {k: v.clone() for k, v in out[side].items()}
                 mask_tokens(out[f"{side}_masked"], tokenizer, cfg, gen)
         return out
-    batch = _tokenize(tokenizer, [r["text"] for r in rows], kind, cfg.max_length)
+    batch = tokenize(tokenizer, [r["text"] for r in rows], kind, cfg.max_length)
     if objective == "mlm":
         mask_tokens(batch, tokenizer, cfg, gen)
     return batch
@@ -240,23 +224,9 @@ def _next_token_divergence(logits_a: torch.Tensor, batch_a, logits_b: torch.Tens
     return torch.stack(terms).mean() if terms else logits_a.sum() * 0.0
 
 
-def _reference_model(model):
-    """A context manager giving outputs of the frozen base: LoRA/IA3 are switched off, prompt learning bypassed."""
-    unwrapped = getattr(model, "module", model)
-    if getattr(unwrapped, "active_peft_config", None) is not None and unwrapped.active_peft_config.is_prompt_learning:
-        return contextlib.nullcontext(unwrapped.get_base_model())
-
-    @contextlib.contextmanager
-    def disabled():
-        with unwrapped.disable_adapter():
-            yield unwrapped
-
-    return disabled()
-
-
 def _kl_to_base(model, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
     """KL(base || model) of the next-token distributions, averaged over the real positions of ``batch``."""
-    with torch.no_grad(), _reference_model(model) as ref:
+    with torch.no_grad(), reference_model(model) as ref:
         ref_logits = ref(**_inputs(batch)).logits[:, -batch["input_ids"].shape[1] :]
     log_p = F.log_softmax(logits.float(), -1)
     log_q = F.log_softmax(ref_logits.float(), -1)
@@ -265,33 +235,19 @@ def _kl_to_base(model, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> 
     return (per_position * mask).sum() / mask.sum().clamp(min=1)
 
 
-@contextlib.contextmanager
-def _without_dropout(model):
-    """Run forward passes in eval mode: no dropout, the model's or the adapter's (``lora_dropout``); gradients still
-    flow. The training mode is restored, also on errors."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 def _token_invariance(model, orig, cf) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``tokens`` invariance of a bare encoder and its regulariser (see the module docstring), each a mean over
     the batch's rows of ``1 - cos`` between hidden states."""
-    with _without_dropout(model):
+    with without_dropout(model):
         h_o = _last_hidden(model, orig).float()
         h_c = h_o if _same_inputs(orig, cf) else _last_hidden(model, cf).float()
-        with torch.no_grad(), _reference_model(model) as ref:
+        with torch.no_grad(), reference_model(model) as ref:
             base = _last_hidden(ref, orig).float()
     len_o, len_c = orig["attention_mask"].sum(1), cf["attention_mask"].sum(1)
     zero = h_o.sum() * 0.0
     invariance, regulariser = [], []
     for row in range(h_o.shape[0]):
-        same, swapped = token_alignment(
-            orig["input_ids"][row], int(len_o[row]), cf["input_ids"][row], int(len_c[row])
-        )
+        same, swapped = token_alignment(orig["input_ids"][row], int(len_o[row]), cf["input_ids"][row], int(len_c[row]))
         if not same and not swapped:
             continue  # nothing corresponds (possible without special tokens): no term for this row
         i = [p for p, _ in same]
@@ -334,6 +290,10 @@ def compute_loss(
     if objective == "clm":
         loss = _clm_logits_loss(model, batch)[1]
         return loss, {"lm": float(loss.detach())}
+    if objective == "equalize":
+        from peft_debias.train.equalize import equalize_loss
+
+        return equalize_loss(model, batch)
     orig, cf = batch["orig"], batch["cf"]
     if kind is ModelKind.CAUSAL_LM:
         logits_o, lm_o, seq_o = _clm_logits_loss(model, orig)
@@ -357,7 +317,7 @@ def compute_loss(
         if kind is ModelKind.MASKED_LM:
             lm = (_mlm_loss(model, batch["orig_masked"]) + _mlm_loss(model, batch["cf_masked"])) / 2
         else:
-            with torch.no_grad(), _reference_model(model) as ref:
+            with torch.no_grad(), reference_model(model) as ref:
                 target = _pooled(ref, orig)
             lm = (1 - F.cosine_similarity(emb_o.float(), target.float(), dim=-1)).mean()
     loss = lm + cfg.beta * invariance
