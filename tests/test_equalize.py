@@ -152,6 +152,42 @@ def test_loss_is_the_kl_to_the_group_mean_by_hand() -> None:
     assert parts["equalize"] == pytest.approx(sum(kl) / 4, rel=1e-5)
 
 
+def test_a_model_at_its_target_gets_no_gradient_at_all() -> None:
+    """A control at the identity (the model's logits equal the base's) must get a gradient of exactly zero: Adam
+    scales any gradient, however small, to steps of about the learning rate, and a rounding-level one then grows
+    into a control that drifts from the base (seen on SmolLM2 with the plain KL form: gradients of 6e-18, then SS
+    moved by up to a point)."""
+    torch.manual_seed(3)
+    logits = torch.randn(6, 50, dtype=torch.float32) * 4
+    weights = torch.nn.Parameter(logits.clone())
+
+    class AtTarget(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = weights
+
+        def forward(self, input_ids, attention_mask):
+            return type("Out", (), {"logits": self.w[:, None, :]})()
+
+        @contextlib.contextmanager
+        def disable_adapter(self):
+            yield
+
+    batch = {
+        "groups": 3, "buckets": torch.tensor([[1, 7, 9, 20], [4, 2, 0, 0]]),
+        "valid": torch.tensor([[True] * 4, [True, True, False, False]]), "mix": torch.tensor([False, False]),
+        "inputs": {"input_ids": torch.zeros(6, 1, dtype=torch.long), "attention_mask": torch.ones(6, 1)},
+        "slot": torch.zeros(6, dtype=torch.long),
+    }  # fmt: skip
+    loss, _ = equalize_loss(AtTarget(), batch)
+    loss.backward()
+    assert float(loss) == 0.0 and torch.count_nonzero(weights.grad) == 0
+    weights.grad = None
+    loss, _ = equalize_loss(AtTarget(), {**batch, "mix": torch.tensor([True, True])})  # the treatment: a gradient
+    loss.backward()
+    assert float(loss) > 0 and torch.count_nonzero(weights.grad) > 0
+
+
 @pytest.mark.parametrize(("name", "kind"), [("llama", ModelKind.CAUSAL_LM), ("bert", ModelKind.MASKED_LM)])
 def test_slot_is_the_next_token_or_the_mask(tiny_models, name, kind) -> None:
     loaded = load_model(str(tiny_models[name]))

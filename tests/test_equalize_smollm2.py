@@ -56,3 +56,23 @@ def test_smollm2_equalize_lora_brings_held_out_groups_together(tmp_path: Path) -
     adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(out)).eval()
     after = _spread(adapted, tokenizer, held_out)
     assert before > 0.01 and after < 0.8 * before, (before, after)
+
+
+def test_smollm2_lora_control_gets_no_gradient() -> None:
+    """At the identity (a fresh LoRA) the control's loss and every gradient are exactly zero on the real model, so
+    the control stays the base model however long it trains."""
+    from peft_debias.cda.axes import get_axis
+    from peft_debias.models.loading import load_model
+    from peft_debias.models.methods import wrap_model
+    from peft_debias.models.options import MethodOptions
+    from peft_debias.train.equalize import collate_equalize, equalize_loss, load_equalize_data
+
+    require_bundled("smollm2")
+    torch.set_num_threads(1)
+    loaded = load_model("bundled:smollm2")
+    model = wrap_model(loaded.model, "lora", loaded.kind, MethodOptions(r=8, alpha=16), base_name=loaded.path).train()
+    rows = [{**r, "equalize": False} for r in load_equalize_data(get_axis("gender")).rows()[:8]]
+    loss, _ = equalize_loss(model, collate_equalize(rows, loaded.tokenizer, loaded.kind, 64))
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert float(loss) == 0.0 and grads and all(g is not None and torch.count_nonzero(g) == 0 for g in grads)

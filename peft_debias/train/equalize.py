@@ -231,9 +231,11 @@ def bucket_log_probs(slot_logits: torch.Tensor, batch: dict[str, Any]) -> torch.
 def equalize_loss(model, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
     """``KL(target || model)`` over the attribute buckets, averaged over rows and groups (see the module doc).
 
-    The target comes from the frozen base on the same batch, in float64 like the model's buckets: an adapter that
-    is still the identity (LoRA, IA3 at the start; the control throughout) has a loss and gradient of exactly zero
-    up to float64 rounding, so Adam, which rescales any gradient, has no float32 noise to amplify."""
+    The target comes from the frozen base on the same batch, in float64 like the model's buckets, and the loss is
+    written so that its gradient is exactly zero where the model equals its target: an adapter that is still the
+    identity (LoRA, IA3 at the start; their control throughout) gets no gradient at all. Adam rescales any gradient
+    to steps of about the learning rate, so a rounding-level gradient (1e-18) would otherwise grow, step by step,
+    into a control that drifts away from the base."""
     inputs, slot = batch["inputs"], batch["slot"]
     positions, width = torch.arange(slot.shape[0], device=slot.device), inputs["input_ids"].shape[1]
     with without_dropout(model):
@@ -243,7 +245,10 @@ def equalize_loss(model, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str,
     mean = torch.logsumexp(log_q, 1, keepdim=True) - math.log(batch["groups"])
     log_t = torch.where(batch["mix"][:, None, None], mean.expand_as(log_q), log_q)
     valid = torch.cat([batch["valid"], torch.ones_like(batch["valid"][:, :1])], -1)[:, None, :]
-    zero = torch.zeros_like(log_p)
-    kl = torch.where(valid, log_t.exp() * (log_t - log_p), zero).sum(-1)
+    log_p = torch.where(valid, log_p, torch.zeros_like(log_p))
+    t = log_t.exp()
+    # KL(t || p) as sum(t (log t - log p) - t + p): the same value (t and p each sum to 1 over the buckets) and
+    # the same gradient, but the gradient at the buckets is p - t, exactly zero where the model equals its target
+    kl = torch.where(valid, t * (log_t - log_p) - t + log_p.exp(), torch.zeros_like(log_p)).sum(-1)
     loss = kl.mean()
     return loss.float(), {"equalize": float(loss.detach())}
