@@ -279,7 +279,8 @@ def test_train_writes_an_equalize_adapter_and_a_control_at_the_base(tiny_models,
         info = json.loads((out / "debias_config.json").read_text())
         assert info["objective"] == "equalize" and info["cda"]["equalized"] is cda
         assert info["corpus"][0]["source"] == "equalize templates (peft-debias)" and info["cda"]["templates"] >= 20
-        assert "equalize" in (out / "README.md").read_text()
+        card = (out / "README.md").read_text()
+        assert "| objective | equalize |" in card and ("groups equalized" in card) is cda
         outputs[cda] = out
     ids = torch.tensor([[1, 5, 9, 13, 17]])
     with torch.no_grad():

@@ -74,7 +74,7 @@ def render_adapter_card(
         objective=info["objective"],
         corpus=", ".join(_source(c, for_hub) for c in info.get("corpus", [])) or "?",
         corpus_fingerprints=", ".join(f"`{c['sha256']}`" for c in info.get("corpus", []) if c.get("sha256")),
-        cda_summary=", ".join(f"{k} {v}" for k, v in info.get("cda", {}).items()),
+        cda_summary=_data_summary(info),
         steps=training["steps"],
         batch_size=training["batch_size"],
         grad_accum=training["grad_accum"],
@@ -88,6 +88,19 @@ def render_adapter_card(
     )
     ModelCard(text)  # validates the YAML header
     return text
+
+
+def _data_summary(info: dict[str, Any]) -> str:
+    """The card's CDA row: the CDA counts, or for ``equalize`` (no CDA) what the templates gave."""
+    cda = info.get("cda", {})
+    if info.get("objective") != "equalize":
+        return ", ".join(f"{k} {v}" for k, v in cda.items())
+    role = "groups equalized" if cda.get("equalized") else "the control: nothing equalized"
+    words = ", ".join(f"{k} {v}" for k, v in cda.get("attribute_words", {}).items())
+    return (
+        f"none (equalize, {role}): {cda.get('rows')} template rows ({cda.get('held_out_rows')} held out) from "
+        f"{cda.get('templates')} templates x {cda.get('persons')} person tuples; attribute words: {words}"
+    )
 
 
 def _source(corpus: dict[str, Any], for_hub: bool) -> str:
