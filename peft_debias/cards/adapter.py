@@ -93,7 +93,7 @@ def render_adapter_card(
 def _data_summary(info: dict[str, Any]) -> str:
     """The card's CDA row: the CDA counts, or for ``equalize`` (no CDA) what the templates gave."""
     cda = info.get("cda", {})
-    if info.get("objective") != "equalize":
+    if "equalized" not in cda:  # written by the artifact for template objectives only
         return ", ".join(f"{k} {v}" for k, v in cda.items())
     role = "groups equalized" if cda.get("equalized") else "the control: nothing equalized"
     words = ", ".join(f"{k} {v}" for k, v in cda.get("attribute_words", {}).items())

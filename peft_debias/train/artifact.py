@@ -76,7 +76,7 @@ def _training_data(trained: Trained) -> dict[str, Any]:
     """The ``corpus`` and ``cda`` entries: the corpus and its CDA, or for ``equalize`` the templates (by name and
     sha256) and whether the groups were equalized (False: the control)."""
     config, data = trained.config, trained.data
-    if config.templates:
+    if config.uses_templates:
         source = {"source": f"equalize templates ({data['data']})", "sha256": data["data_sha256"]}
         return {"corpus": [source], "cda": {"equalized": config.cda, **data}}
     return {

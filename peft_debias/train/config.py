@@ -240,11 +240,11 @@ class TrainConfig:
             raise DebiasError(f"unknown invariance {objective.invariance!r}", f"use one of {', '.join(INVARIANCES)}")
         if objective.regulariser not in REGULARISERS:
             raise DebiasError(f"unknown regulariser {objective.regulariser!r}", f"use one of {', '.join(REGULARISERS)}")
-        if not given_texts and not self.templates:
+        if not given_texts and not self.uses_templates:
             self.cda_config().validate()
 
     @property
-    def templates(self) -> bool:
+    def uses_templates(self) -> bool:
         """True when the objective trains on its own templates rather than a corpus (``equalize``)."""
         return self.objective in TEMPLATE_OBJECTIVES
 
@@ -253,17 +253,17 @@ class TrainConfig:
         return [
             (not self.base, "no base model given", "pass --base MODEL"),
             (
-                not self.corpus and not given_texts and not self.templates,
+                not self.corpus and not given_texts and not self.uses_templates,
                 "no corpus given",
                 "pass --corpus PATH_OR_ID",
             ),
             (
-                bool(self.corpus) and self.templates,
+                bool(self.corpus) and self.uses_templates,
                 f"objective {self.objective!r} trains on its templates, not on a corpus",
                 "drop --corpus",
             ),
             (
-                data is not None and not self.templates,
+                data is not None and not self.uses_templates,
                 "equalize_data is set but the objective is not equalize",
                 "use --objective equalize or drop --equalize-data",
             ),

@@ -71,7 +71,7 @@ class Corpus:
 def read_corpus(config: TrainConfig, texts: list[str] | None, accelerator, cache_dir: Path | None = None) -> Corpus:
     """The run's text: ``texts`` split into train and held-out, or the CDA records of the corpus (their Arrow
     files under ``cache_dir``, default a temporary folder removed at exit)."""
-    if config.templates:
+    if config.uses_templates:
         return _template_rows(config)
     if texts is not None:
         train, held_out = split_sentences(texts, config.eval_fraction, config.seed, config.eval_max_rows)
