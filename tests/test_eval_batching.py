@@ -140,11 +140,13 @@ def test_a_bf16_model_gets_an_fp32_head_and_keeps_its_tie(tiny_models: dict[str,
 def test_dtype_option_loads_the_model_in_bf16_and_is_recorded(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     from peft_debias.eval.handle import resolve_model
     from peft_debias.eval.runner import evaluate_bias
+    from peft_debias.models.placement import Placement
 
-    handle = resolve_model(str(tiny_models["llama"]), dtype="bf16")
+    handle = resolve_model(str(tiny_models["llama"]), placement=Placement(dtype="bf16"))
     assert next(handle.model.parameters()).dtype == torch.bfloat16
+    assert handle.placement == {"device": "cpu", "dtype": "bfloat16", "device_map": None}
     with pytest.raises(DebiasError, match="dtype bf16"):
-        resolve_model(load_model(str(tiny_models["llama"])).model, handle.tokenizer, dtype="bf16")
+        resolve_model(load_model(str(tiny_models["llama"])).model, handle.tokenizer, placement=Placement(dtype="bf16"))
     text = tmp_path / "t.txt"
     text.write_text("The doctor said that she would call him back tomorrow morning.\n" * 20)
     out = evaluate_bias(
@@ -152,8 +154,9 @@ def test_dtype_option_loads_the_model_in_bf16_and_is_recorded(tiny_models: dict[
         dtype="bf16", max_batch_tokens=256, progress=False,
     )  # fmt: skip
     assert out["config"]["dtype"] == "bf16" and out["config"]["max_batch_tokens"] == 256
+    assert out["placement"] == {"device": "cpu", "dtype": "bfloat16", "device_map": None}
     with pytest.raises(DebiasError, match="dtype"):
-        EvalConfig(dtype="fp16").validate()
+        EvalConfig(dtype="fp8").validate()
     with pytest.raises(DebiasError, match="max_batch_tokens"):
         EvalConfig(max_batch_tokens=0).validate()
 

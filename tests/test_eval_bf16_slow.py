@@ -1,4 +1,5 @@
-"""``--dtype bf16`` on the real bundled models against fp32 (slow): how many decisions move, how far SEAT moves.
+"""``--dtype bfloat16`` (and ``--fidelity``) on the real bundled models against fp32 (slow): how many decisions
+move, how far SEAT moves.
 
 bf16 is opt-in because it is not exact: the fp32 LM head and log-softmax remove the head's share of the error, the
 bf16 body keeps the rest. Measured here (torch 2.13 CPU): 6 of the 262 CrowS-Pairs gender decisions of SmolLM2
@@ -50,3 +51,17 @@ def test_bf16_seat_effect_sizes_on_minilm(data_dir: Path) -> None:
         effects[dtype] = np.array([out["tests"][t.name]["effect_size"] for t in tests])
     diff = np.abs(effects[torch.bfloat16] - effects[torch.float32])
     assert diff.max() < 0.1 and diff.mean() < 0.02, f"max {diff.max():.3f}, mean {diff.mean():.3f}"
+
+
+def test_fidelity_reports_the_flips_on_smollm2(data_dir: Path) -> None:
+    """``eval --dtype bfloat16 --fidelity`` counts the CrowS decisions bf16 moves: the same count as comparing the
+    decisions of a separate float32 run by hand, and a few, not none."""
+    from peft_debias.eval.runner import evaluate_bias
+
+    options = {"benchmarks": "crows", "axes": "gender", "data_dir": data_dir, "n_bootstrap": 0, "progress": False}
+    bf16 = evaluate_bias("bundled:smollm2", dtype="bfloat16", fidelity=True, **options)
+    fp32 = evaluate_bias("bundled:smollm2", dtype="float32", **options)
+    mine, theirs = bf16["crows"]["decisions"]["gender"], fp32["crows"]["decisions"]["gender"]
+    differ = sum(mine[k] != theirs[k] for k in mine)
+    assert bf16["fidelity"]["decisions"]["crows"]["gender"] == {"differ": differ, "of": 262}
+    assert 1 <= differ <= 10, differ

@@ -15,7 +15,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from peft_debias.cli.options import at_least, field_type
+from peft_debias.cli.options import add_placement_arguments, at_least, field_type, placement_from_args
 from peft_debias.eval.benchmarks import EvalConfig
 from peft_debias.eval.protocols import PROTOCOLS
 
@@ -131,11 +131,11 @@ def _add_speed_arguments(what: argparse._ArgumentGroup) -> None:
         help="padded tokens per forward: length-sorted batches stay under it, --batch-size caps their rows "
         "(default: encoding 2048, LM-head scoring 1024)",
     )
+    add_placement_arguments(what)  # --device, --dtype, --device-map, --max-memory, --offload-folder
     what.add_argument(
-        "--dtype",
-        choices=["fp32", "bf16"],
-        default="fp32",
-        help="model precision (default fp32); bf16 loads the model in bfloat16, the LM head and log-softmax stay fp32",
+        "--fidelity",
+        action="store_true",
+        help="with --dtype bfloat16/float16: evaluate again in float32 and report how many decisions differ",
     )
 
 
@@ -172,6 +172,8 @@ def _print_summary(results: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from peft_debias.eval.report import chart_figure, markdown_report
     from peft_debias.eval.results import compare_results, load_results, results_text
 
@@ -219,7 +221,8 @@ def run(args: argparse.Namespace) -> int:
             split_seed=args.split_seed,
             progress=False if args.no_progress else None,
             max_batch_tokens=args.max_batch_tokens,
-            dtype=args.dtype,
+            fidelity=args.fidelity,
+            **asdict(placement_from_args(args)),
         )
         results = evaluate_bias(
             args.model,

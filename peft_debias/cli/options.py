@@ -77,3 +77,36 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, hidden: 
         parser.add_argument(
             "--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS, help="no progress bar"
         )
+
+
+def add_placement_arguments(parser: argparse.ArgumentParser | Any, *, device_map: bool = True) -> None:
+    """``--device``, ``--dtype`` and (unless ``device_map`` is False) ``--device-map``, ``--max-memory``,
+    ``--offload-folder``: where a model loads and in what precision (:class:`~peft_debias.models.placement.Placement`).
+    """
+    from peft_debias.models.placement import DEVICE_HELP, DEVICE_MAP_HELP, DEVICE_MAPS, DTYPE_CHOICES, DTYPE_HELP
+
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, metavar="DTYPE", help=DTYPE_HELP)
+    if not device_map:
+        return
+    parser.add_argument("--device-map", choices=DEVICE_MAPS, help=DEVICE_MAP_HELP)
+    parser.add_argument(
+        "--max-memory",
+        action="append",
+        metavar="DEVICE=SIZE",
+        help="with --device-map: the most a device may hold, e.g. cpu=8GiB or 0=20GiB (repeatable)",
+    )
+    parser.add_argument("--offload-folder", help="with --device-map: where weights that fit nowhere go (default: temp)")
+
+
+def placement_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~peft_debias.models.placement.Placement` the placement options ask for (checked)."""
+    from peft_debias.models.placement import Placement, parse_max_memory
+
+    return Placement(
+        device=args.device,
+        dtype=args.dtype,
+        device_map=getattr(args, "device_map", None),
+        max_memory=parse_max_memory(getattr(args, "max_memory", None)),
+        offload_folder=getattr(args, "offload_folder", None),
+    ).check()

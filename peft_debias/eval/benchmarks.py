@@ -16,10 +16,11 @@ from typing import Any
 
 from peft_debias.core.bounds import check_bounds
 from peft_debias.core.errors import DebiasError
-from peft_debias.eval.handle import DTYPES, ModelHandle
+from peft_debias.eval.handle import ModelHandle
 from peft_debias.eval.protocols import Protocol, resolve_protocol
 from peft_debias.eval.sources import DataSource, hub_rows, parse_names, sha256_of
 from peft_debias.eval.splits import check_split, take_split
+from peft_debias.models.placement import Placement, dtype_name, resolve_device
 
 
 @dataclass
@@ -79,8 +80,20 @@ class EvalConfig:
         default=None,
         metadata={"help": "padded tokens per forward (default: encoding 2048, LM-head scoring 1024)", "min": 1},
     )
+    device: str = field(default="auto", metadata={"help": "auto (the accelerator if present), cpu, cuda[:N], mps"})
     dtype: str = field(
-        default="fp32", metadata={"help": "model precision: 'fp32' or 'bf16' (LM head and log-softmax stay fp32)"}
+        default="auto",
+        metadata={"help": "auto (checkpoint's on an accelerator, float32 on CPU), float32, bfloat16, float16 "
+                  "(fp32/bf16/fp16 too); the LM head and log-softmax stay float32"},
+    )  # fmt: skip
+    device_map: str | None = field(default=None, metadata={"help": "'auto': accelerate spreads a big model out"})
+    max_memory: dict[str, str] | None = field(
+        default=None, metadata={"help": "with device_map: the most each device may hold, {'cpu': '8GiB'}"}
+    )
+    offload_folder: str | None = field(default=None, metadata={"help": "with device_map: disk offload (temp)"})
+    fidelity: bool = field(
+        default=False,
+        metadata={"help": "with a dtype below float32: evaluate again in float32, count the decisions that differ"},
     )
 
     def validate(self) -> EvalConfig:
@@ -100,9 +113,17 @@ class EvalConfig:
             )
         self.rules()
         check_split(self.split)
-        if self.dtype not in DTYPES:
-            raise DebiasError(f"dtype {self.dtype!r} is unknown", f"use one of {', '.join(DTYPES)}")
+        self.placement()
+        if self.fidelity and dtype_name(self.dtype) == "float32":
+            raise DebiasError("--fidelity compares against float32, and this run is float32", "add --dtype bfloat16")
         return self
+
+    def placement(self) -> Placement:
+        """Where and in what precision the model is loaded (checked; a device that is not here is refused)."""
+        placement = Placement(self.device, self.dtype, self.device_map, self.max_memory, self.offload_folder).check()
+        if placement.device_map is None:
+            resolve_device(placement.device)
+        return placement
 
     def rules(self) -> Protocol:
         """The :class:`~peft_debias.eval.protocols.Protocol` this config scores with (its switches applied)."""

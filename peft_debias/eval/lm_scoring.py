@@ -29,11 +29,7 @@ from peft_debias.eval.lm_head import (
 )
 from peft_debias.eval.packed import batch as packed_batch
 from peft_debias.eval.packed import pack, packing_works
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    """The device of the model's first parameter (no global device anywhere)."""
-    return next(model.parameters()).device
+from peft_debias.models.placement import model_device
 
 
 def virtual_tokens(model: Any) -> int:

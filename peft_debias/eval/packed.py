@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from peft_debias.models.placement import model_device
+
 logger = logging.getLogger(__name__)
 
 _CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -91,7 +93,7 @@ def packing_works(model: Any, start: int, vocab_size: int) -> bool:
         return _CHECKED[model]
     except (KeyError, TypeError):
         pass
-    device = next(model.parameters()).device
+    device = model_device(model)
     tokens = [t % max(vocab_size, 2) for t in (11, 12, 13, 14, 15)]
     a, b = [start, tokens[0], tokens[1], tokens[2]], [start, tokens[0], tokens[3], tokens[4], tokens[1]]
     ok = False

@@ -21,7 +21,9 @@ from peft_debias.core.provenance import protocol_name
 from peft_debias.eval.formatting import format_ci as _ci
 from peft_debias.eval.formatting import format_number as _num
 from peft_debias.eval.formatting import format_p as _p
+from peft_debias.eval.results import PAIRED
 from peft_debias.eval.sources import AXES
+from peft_debias.models.placement import describe
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -34,9 +36,8 @@ def _protocol_details(results: Mapping[str, Any]) -> str:
     """The protocol's summary and how causal sentences were scored, as a suffix of the report's protocol line."""
     record = results.get("protocol")
     summary = record.get("summary") if isinstance(record, Mapping) else None
-    causal = next(
-        (b["causal"] for b in (results.get("crows"), results.get("stereoset")) if b and b.get("causal")), None
-    )
+    blocks = (results.get("crows"), results.get("stereoset"))
+    causal = next((b["causal"] for b in blocks if b and b.get("causal")), None)
     parts = [summary] if summary else []
     if causal:
         parts.append(f"causal: {causal.get('score')}, first token after {causal.get('start_token')} "
@@ -52,7 +53,7 @@ def _single(results: Mapping[str, Any]) -> list[str]:
     out = [
         f"# Bias evaluation: {results.get('label', results.get('model'))}",
         "",
-        f"- model: `{results.get('model')}` ({results.get('model_kind')})",
+        f"- model: `{results.get('model')}` ({results.get('model_kind')}; {describe(results.get('placement'))})",
         f"- adapters: {adapters or 'none'}",
         f"- protocol: `{protocol_name(results)}`{_protocol_details(results)}",
         f"- created: {results.get('created', '')}; {versions}",
@@ -351,7 +352,7 @@ def text_summary(results: Mapping[str, Any]) -> list[str]:
     """A few lines for the terminal: the headline figure per benchmark and axis, and the comparison."""
     out = [
         f"{results.get('label')}: {results.get('model')} ({results.get('model_kind')}; "
-        f"protocol {protocol_name(results)})"
+        f"protocol {protocol_name(results)}; {describe(results.get('placement'))})"
     ]
     seat = results.get("seat")
     if seat:
@@ -386,10 +387,7 @@ def text_summary(results: Mapping[str, Any]) -> list[str]:
     compare = results.get("compare")
     if compare:
         other = compare.get("other", {})
-        for bench, (fig, yes, no) in {
-            "crows": ("stereotype_score", "flipped_to_more", "flipped_to_less"),
-            "stereoset": ("ss", "flipped_to_stereotype", "flipped_to_anti_stereotype"),
-        }.items():
+        for bench, (fig, yes, no) in PAIRED.items():
             for axis, c in compare.get(bench, {}).items():
                 out.append(
                     f"compare with {other.get('label')}: {bench} {axis} {_num(c[fig])} vs "
@@ -397,4 +395,6 @@ def text_summary(results: Mapping[str, Any]) -> list[str]:
                     f"{len(c[yes])} flipped up, {len(c[no])} down of {c['n_common']}, "
                     f"McNemar p={_p(c['mcnemar_p'])}"
                 )
+    for bench, axes in results.get("fidelity", {}).get("decisions", {}).items():
+        out += [f"vs float32: {bench} {a}: {f['differ']} of {f['of']} decisions differ" for a, f in axes.items()]
     return out

@@ -19,7 +19,7 @@ from peft_debias.eval.batching import batch_token_budget
 from peft_debias.eval.benchmarks import BENCHMARKS, EvalConfig, check_benchmarks
 from peft_debias.eval.handle import ModelHandle, peek_kind, resolve_model
 from peft_debias.eval.protocols import OVERRIDES, check_masked, check_protocol_benchmarks
-from peft_debias.eval.results import SCHEMA_VERSION, compare_results, load_results
+from peft_debias.eval.results import PAIRED, SCHEMA_VERSION, compare_results, load_results
 from peft_debias.eval.sources import DataSource, check_axes
 
 if TYPE_CHECKING:
@@ -69,6 +69,7 @@ def _header(
         "model": handle.name,
         "model_kind": handle.kind.value,
         "adapters": handle.adapters,
+        "placement": handle.placement,
         "benchmarks": names,
         "axes": axes,
         "protocol": config.rules().record(),
@@ -119,11 +120,7 @@ def evaluate_bias(
             ``model`` (by default such an adapter is refused, as ``merge`` and ``publish`` refuse it).
     """
     started = time.perf_counter()
-    unknown = sorted(set(options) - {f.name for f in fields(EvalConfig)})
-    if unknown:
-        known = ", ".join(f.name for f in fields(EvalConfig))
-        raise DebiasError(f"unknown option(s) {', '.join(unknown)}", f"use fields of EvalConfig: {known}")
-    config = replace(config or EvalConfig(), **options).validate()
+    config = _config(model, config, options)
     axes_list = check_axes(axes)
     names = check_benchmarks(benchmarks)
     if names is not None:
@@ -140,7 +137,12 @@ def evaluate_bias(
             data[name] = BENCHMARKS[name].load(source, config, axes_list)
     t0 = time.perf_counter()
     handle = resolve_model(
-        model, tokenizer, kind=kind, adapters=adapters, allow_base_mismatch=allow_base_mismatch, dtype=config.dtype
+        model,
+        tokenizer,
+        kind=kind,
+        adapters=adapters,
+        allow_base_mismatch=allow_base_mismatch,
+        placement=config.placement(),
     )
     seconds: dict[str, float] = {"load": time.perf_counter() - t0}
     if names is None:
@@ -149,16 +151,62 @@ def evaluate_bias(
             data[name] = BENCHMARKS[name].load(source, config, axes_list)
     _check_kinds(names, handle.kind, handle.name, config)
     results = _header(handle, label, names, axes_list, config)
+    results.update(_run_benchmarks(handle, names, data, config, axes_list, seconds))
+    seconds["total"] = time.perf_counter() - started
+    results["seconds"] = seconds
+    if other is not None:
+        results["compare"] = compare_results(results, other)
+    if config.fidelity:
+        again = {"benchmarks": names, "axes": axes_list, "data_dir": data_dir, "adapters": adapters, "kind": kind}
+        results["fidelity"] = _fidelity(model, results, config, allow_base_mismatch=allow_base_mismatch, **again)
+    return results
+
+
+def _config(model: Any, config: EvalConfig | None, options: dict[str, Any]) -> EvalConfig:
+    """``config`` with ``options`` (EvalConfig fields) applied, checked."""
+    unknown = sorted(set(options) - {f.name for f in fields(EvalConfig)})
+    if unknown:
+        known = ", ".join(f.name for f in fields(EvalConfig))
+        raise DebiasError(f"unknown option(s) {', '.join(unknown)}", f"use fields of EvalConfig: {known}")
+    config = replace(config or EvalConfig(), **options).validate()
+    if config.fidelity and not isinstance(model, (str, Path)):
+        raise DebiasError("fidelity loads the model a second time, in float32", "pass the model by name or folder")
+    return config
+
+
+def _run_benchmarks(
+    handle: ModelHandle,
+    names: list[str],
+    data: dict[str, tuple[Any, dict[str, Any]]],
+    config: EvalConfig,
+    axes: list[str],
+    seconds: dict[str, float],
+) -> dict[str, Any]:
+    """Each benchmark's block (with its data's source and its time, also put in ``seconds``)."""
+    blocks = {}
     for name in names:
         payload, info = data[name]
         t0 = time.perf_counter()
         logger.info("running %s on %s", name, handle.name)
         with batch_token_budget(config.max_batch_tokens):
-            block = BENCHMARKS[name].run(handle, payload, config, axes_list)
+            block = BENCHMARKS[name].run(handle, payload, config, axes)
         seconds[name] = time.perf_counter() - t0
-        results[name] = {**block, "source": info, "seconds": seconds[name]}
-    seconds["total"] = time.perf_counter() - started
-    results["seconds"] = seconds
-    if other is not None:
-        results["compare"] = compare_results(results, other)
-    return results
+        blocks[name] = {**block, "source": info, "seconds": seconds[name]}
+    return blocks
+
+
+def _fidelity(model: Any, results: dict[str, Any], config: EvalConfig, **again: Any) -> dict[str, Any]:
+    """The run again in float32 on the same device: how many CrowS / StereoSet decisions differ, how far SEAT and
+    perplexity move (:func:`compare_results`, the float32 run as the other side)."""
+    if results["placement"]["dtype"] == "float32":
+        return {"skipped": "the run was in float32 already"}
+    reference = evaluate_bias(model, config=replace(config, dtype="float32", fidelity=False), **again)
+    compared = compare_results(results, reference)
+    flips = {}
+    for bench, (_, yes, no) in PAIRED.items():
+        for axis, figures in compared.get(bench, {}).items():
+            flips.setdefault(bench, {})[axis] = {
+                "differ": len(figures[yes]) + len(figures[no]),
+                "of": figures["n_common"],
+            }
+    return {"reference": reference["placement"], "decisions": flips, "compare": compared}

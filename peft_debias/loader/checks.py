@@ -261,6 +261,17 @@ class FingerprintCache:
             self._values[kind] = backbone_fingerprint(base) if kind == "backbone" else weights_fingerprint(base)
         return self._values[kind]
 
+    def incomparable(self, recorded_dtype: str) -> str | None:
+        """Why this model's fingerprints cannot match ones recorded in ``recorded_dtype`` (None when they can):
+        it is in another dtype, or some weights are offloaded (a device map put them on disk)."""
+        first = next((p for p in self.model.parameters() if p.is_floating_point()), None)
+        dtype = "float32" if first is None else str(first.dtype).removeprefix("torch.")
+        if dtype != recorded_dtype:
+            return f"its base was fingerprinted in {recorded_dtype}, the model is in {dtype}"
+        if any(p.device.type == "meta" for p in self.model.parameters()):
+            return "the model's weights are partly offloaded"
+        return None
+
 
 def check_base(adapter: AdapterFiles, fingerprints: FingerprintCache, allow_mismatch: bool = False) -> None:
     """Refuse an adapter whose recorded base differs from the model (unless ``allow_mismatch``).
@@ -279,6 +290,10 @@ def check_base(adapter: AdapterFiles, fingerprints: FingerprintCache, allow_mism
     trained_on = ids[0] if ids else "an unrecorded base"
     given = model_id(fingerprints.model) or type(_unwrap_peft(fingerprints.model)).__name__
     problem = None
+    why = fingerprints.incomparable(recorded.get("dtype", "float32"))
+    if why:  # the fingerprints hash the weights' bytes as loaded: compare the ids instead
+        logger.info("adapter %s: %s; checking its base by id", adapter.source, why)
+        recorded = {k: v for k, v in recorded.items() if not k.endswith("fingerprint")}
     if recorded.get("backbone_fingerprint"):
         mine = fingerprints.get("backbone")
         if mine != recorded["backbone_fingerprint"]:

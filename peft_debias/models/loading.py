@@ -13,7 +13,8 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -25,6 +26,14 @@ from peft_debias.core.fingerprints import tensors_fingerprint
 from peft_debias.core.hub_ids import is_hub_id
 from peft_debias.models.bundled import BUNDLED_PREFIX, bundled_entry, bundled_file, bundled_model_path, list_bundled
 from peft_debias.models.kinds import ModelKind, as_kind, detect_kind
+from peft_debias.models.placement import (
+    Placement,
+    check_mapped,
+    dtype_name,
+    remove_with,
+    resolve_placement,
+    temporary_offload,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +50,7 @@ class LoadedModel:
     name: str
     path: str
     revision: str | None = None
+    placement: dict[str, Any] = field(default_factory=dict)  # Resolved.record(): device, dtype, device map
 
 
 def check_model_name(name: str, *, what: str = "model", allow_pickle: bool = False) -> None:
@@ -167,12 +177,29 @@ def load_config(
     return _config(source, name, revision, trust_remote_code, {})
 
 
+def _warn_untrained_head(name: str, config: Any, wanted: ModelKind, detected: ModelKind | None) -> None:
+    """Warn when a masked LM is asked of a checkpoint whose MLM head is not trained (a bare encoder)."""
+    architectures = list(getattr(config, "architectures", None) or [])
+    mlm_head = any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in architectures)
+    if wanted is ModelKind.MASKED_LM and (detected is ModelKind.ENCODER or (architectures and not mlm_head)):
+        logger.warning(
+            "%s (%s) has no trained masked-LM head: the head is built untrained, so fill-mask predictions "
+            "and MLM-based scores on it are not meaningful",
+            name,
+            ", ".join(architectures) or config.model_type,
+        )
+
+
 def load_model(
     name: str,
     kind: ModelKind | str | None = None,
     *,
     revision: str | None = None,
-    dtype: torch.dtype = torch.float32,
+    device: str = "auto",
+    dtype: str | torch.dtype = "auto",
+    device_map: str | None = None,
+    max_memory: dict[str, str] | None = None,
+    offload_folder: str | None = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     num_labels: int | None = None,
@@ -184,13 +211,20 @@ def load_model(
         kind: masked_lm, causal_lm or encoder (bare hidden states); ``None`` detects it (:func:`detect_kind`).
             masked_lm on a bare encoder works, but its MLM head is untrained (a warning says so).
         revision: Hub branch, tag or commit.
-        dtype: parameter dtype.
+        device: ``auto`` (the accelerator if present, else the CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``;
+            the weights load straight onto it.
+        dtype: ``auto`` (the checkpoint's dtype on an accelerator, float32 on the CPU), ``float32``, ``bfloat16``,
+            ``float16`` (or ``fp32``/``bf16``/``fp16``, or a torch dtype).
+        device_map: ``"auto"``: accelerate spreads the model over the devices, the CPU and disk (instead of
+            ``device``); ``max_memory`` caps each (``{"cpu": "2GiB", "0": "20GiB"}``), ``offload_folder`` takes
+            what fits nowhere (default: a temporary folder removed with the model).
         allow_pickle: also read ``.bin``/``.pt`` pickle checkpoints (safetensors are still preferred).
         trust_remote_code: run code shipped with the model; off by default.
         num_labels: set on the config, for a classification head built from it later.
     """
     from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
 
+    placement = Placement(device, dtype_name(dtype), device_map, max_memory, offload_folder).check()
     source = _resolve(name)
     if source.local:
         _check_local_folder(Path(source.path), allow_pickle)
@@ -199,28 +233,23 @@ def load_model(
     no_conversion = _no_conversion()
     detected = source.kind or (detect_kind(config) if kind is None else _kind_or_none(config))
     wanted = as_kind(kind) if kind is not None else detected
-    architectures = list(getattr(config, "architectures", None) or [])
-    mlm_head = any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in architectures)
-    if wanted is ModelKind.MASKED_LM and (detected is ModelKind.ENCODER or (architectures and not mlm_head)):
-        logger.warning(
-            "%s (%s) has no trained masked-LM head: the head is built untrained, so fill-mask predictions "
-            "and MLM-based scores on it are not meaningful",
-            name,
-            ", ".join(architectures) or config.model_type,
-        )
+    _warn_untrained_head(name, config, wanted, detected)
     auto = {ModelKind.MASKED_LM: AutoModelForMaskedLM, ModelKind.CAUSAL_LM: AutoModelForCausalLM}
+    resolved, offload = temporary_offload(resolve_placement(placement, config))
     try:
         with no_conversion:
             model = auto.get(wanted, AutoModel).from_pretrained(
                 source.path,
                 config=config,
                 revision=revision,
-                dtype=dtype,
+                **resolved.load_kwargs(),
                 # use_safetensors=False would make transformers skip safetensors files; None prefers them.
                 use_safetensors=None if allow_pickle else True,
                 trust_remote_code=trust_remote_code,
             )
     except Exception as err:
+        if offload is not None:
+            shutil.rmtree(offload, ignore_errors=True)
         if "Unrecognized configuration class" in str(err):
             raise DebiasError(
                 f"{name} ({config.model_type}) has no {wanted.value} architecture in transformers",
@@ -234,8 +263,11 @@ def load_model(
         if generation is not None and generation.pad_token_id is None:
             generation.pad_token_id = tokenizer.pad_token_id
     model.eval()
-    logger.info("loaded %s as %s from %s", name, wanted.value, source.path)
-    return LoadedModel(model, tokenizer, wanted, name, source.path, revision)
+    remove_with(model, offload)
+    check_mapped(model, name)
+    record = resolved.record(model)
+    logger.info("loaded %s as %s from %s (%s)", name, wanted.value, source.path, record)
+    return LoadedModel(model, tokenizer, wanted, name, source.path, revision, record)
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:

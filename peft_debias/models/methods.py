@@ -14,6 +14,7 @@ from typing import Any
 from peft_debias.core.errors import DebiasError, one_line
 from peft_debias.models.loading import ModelKind
 from peft_debias.models.options import MethodOptions
+from peft_debias.models.placement import model_device
 
 # Attention projections per architecture (model_type): LoRA targets (query/value as in PEFTDebias) and IA3 targets.
 LORA_TARGETS: dict[str, list[str]] = {
@@ -144,7 +145,7 @@ def wrap_model(model, method: str, kind: ModelKind, options: MethodOptions | Non
 
     model_type = getattr(model.config, "model_type", "?")
     config = build_peft_config(method, kind, model_type, options, base_name)
-    ids = torch.tensor([[1, 2, 3]], device=next(model.parameters()).device)
+    ids = torch.tensor([[1, 2, 3]], device=model_device(model))
     dry = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "output_hidden_states": True}
     try:
         was_training = model.training
