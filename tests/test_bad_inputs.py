@@ -46,6 +46,7 @@ from support.vector import perturb
 pytestmark = pytest.mark.integration
 
 CORPUS_TEXT = "\n".join(CORPUS * 2) + "\n"
+NO_CUDA = "--device cuda was asked for, but no CUDA device is present"
 
 
 @pytest.fixture(scope="module")
@@ -754,6 +755,35 @@ CATALOGUE: list[Row] = [
     ("downstream-output-exists", lambda c: _downstream(c, "--output", str(c.tmp)), "already exists"),
     ("downstream-unknown-task", lambda c: _downstream(c, "--task", "biasbios"), "use one of winobias, csv"),
     ("downstream-anti-share-above-one", lambda c: _downstream(c, "--anti-share", "1.5"), "must be <= 1.0"),
+    # ---- devices and dtypes: an accelerator asked for on a machine without one, malformed placements
+    ("eval-cuda-absent", lambda c: _eval(c, "--device", "cuda"), NO_CUDA),
+    ("eval-cuda-index-absent", lambda c: _eval(c, "--device", "cuda:3"), "--device cuda:3 was asked for"),
+    ("eval-mps-absent", lambda c: _eval(c, "--device", "mps"), "--device mps was asked for, but no MPS device"),
+    ("eval-unknown-device", lambda c: _eval(c, "--device", "gpu"), "device 'gpu' is unknown; use auto"),
+    ("eval-unknown-dtype", lambda c: _eval(c, "--dtype", "fp8"), "argument --dtype: invalid choice: 'fp8'"),
+    ("eval-device-and-device-map", lambda c: _eval(c, "--device", "cpu", "--device-map", "auto"),
+     "--device cpu and --device-map auto were both given"),
+    ("eval-max-memory-without-map", lambda c: _eval(c, "--max-memory", "cpu=1GiB"), "add --device-map auto"),
+    ("eval-max-memory-not-a-size", lambda c: _eval(c, "--device-map", "auto", "--max-memory", "cpu=lots"),
+     "memory size 'lots' for cpu is not a size"),
+    ("eval-max-memory-unknown-device", lambda c: _eval(c, "--device-map", "auto", "--max-memory", "tpu=1GiB"),
+     "--max-memory device 'tpu' is unknown"),
+    ("eval-max-memory-no-room", lambda c: _eval(c, "--device-map", "auto", "--max-memory", "cpu=1KB"),
+     "leaves no room for"),
+    ("eval-fidelity-in-float32", lambda c: _eval(c, "--fidelity", "--dtype", "float32"),
+     "--fidelity compares against float32"),
+    ("merge-cuda-absent", lambda c: [*_merge(c, c.m("adapter")), "--device", "cuda"], NO_CUDA),
+    ("vector-sweep-cuda-absent", lambda c: _vector(c, "biased", "--lambda", "1,2", "--device", "cuda"), NO_CUDA),
+    ("train-cuda-absent", lambda c: _train(c, "--device", "cuda"), NO_CUDA),
+    ("train-dtype-auto", lambda c: _train(c, "--dtype", "auto"), "dtype auto is not for training"),
+    ("biased-cuda-absent",
+     lambda c: ["biased", "--base", c.m("llama"), "--output", str(c.out), "--max-steps", "1", "--device", "cuda"],
+     NO_CUDA),
+    ("demo-cuda-absent", lambda c: _demo(c, "--device", "cuda"), NO_CUDA),
+    ("experiment-cuda-absent",
+     lambda c: ["experiment", "--config", c.file("e.yaml", "models: [m]\ncorpus: [c]\n"), "--output", str(c.out),
+                "--device", "cuda"], NO_CUDA),
+    ("downstream-cuda-absent", lambda c: _downstream(c, "--device", "cuda"), NO_CUDA),
 ]
 # fmt: on
 

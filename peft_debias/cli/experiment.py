@@ -24,6 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=at_least(int, 1), help="torch CPU threads (1 is steadier on a shared machine)"
     )
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps: where cells run (not in ids)")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16", "fp32", "bf16", "fp16"),
+        help="every model's dtype (evaluation, training, biased); default: the config's, where auto means float32",
+    )
     parser.add_argument(
         "--shard",
         metavar="K/N",
@@ -71,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         keep_biased=args.keep_biased,
         shard=parse_shard(args.shard) if args.shard else None,
+        device=args.device,
+        dtype=args.dtype,
     )
     if args.dry_run:
         cached = set(result.cached)

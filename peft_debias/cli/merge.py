@@ -13,6 +13,8 @@ import logging
 import warnings
 from collections.abc import Iterator
 
+from peft_debias.cli.options import add_placement_arguments
+
 HELP = "merge LoRA/IA3 debiasing adapters into a base model and save the plain merged model"
 
 
@@ -45,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-pickle", action="store_true", help="accept pickle (.bin) weights")
     parser.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the base model")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add_placement_arguments(parser, device_map=False)  # the merged model is saved in --dtype
 
 
 @contextlib.contextmanager
@@ -89,6 +92,8 @@ def _merge(args: argparse.Namespace) -> int:
         allow_pickle=args.allow_pickle,
         trust_remote_code=args.trust_remote_code,
         overwrite=args.overwrite,
+        device=args.device,
+        dtype=args.dtype,
     )
     axes = info["axes"]
     print(f"merged {len(axes)} adapter(s) ({', '.join(axes)}) into {args.base} -> {args.output}")

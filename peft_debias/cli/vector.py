@@ -16,7 +16,7 @@ import argparse
 import logging
 from typing import Any
 
-from peft_debias.cli.options import at_least, bounded, field_type
+from peft_debias.cli.options import add_placement_arguments, at_least, bounded, field_type, placement_from_args
 from peft_debias.core.errors import DebiasError
 from peft_debias.eval.benchmarks import EvalConfig
 
@@ -80,6 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sweep.add_argument(
         "--split", choices=["select", "report"], help="score one half of the CrowS/StereoSet items (choose on select)"
     )
+    add_placement_arguments(sweep, device_map=False)  # the model the sweep changes in place and evaluates; a
+    # written model keeps the base checkpoint's dtype
 
 
 def _floats(text: str | None, what: str) -> list[float] | None:
@@ -121,6 +123,7 @@ def load_source(item: str, base: Any, axis: str | None, exclude: list[str], allo
 
 def run(args: argparse.Namespace) -> int:
     from peft_debias.core.atomic import check_destination, check_not_input
+    from peft_debias.models.placement import resolve_device
     from peft_debias.vector.combine import COMBINE_METHODS, combine
     from peft_debias.vector.meta import open_checkpoint, set_base_model_id
     from peft_debias.vector.terms import DEFAULT_EXCLUDE
@@ -136,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         raise DebiasError(f"{len(axes)} --axis for {len(args.biased)} --biased", "give one --axis per --biased")
     check_destination(args.output, overwrite=args.overwrite)
     check_not_input(args.output, [args.base, *args.biased])
+    resolve_device(placement_from_args(args).device)  # the sweep's model; refused before any work
     if args.base_model_id is not None:
         from peft_debias.models.base_ids import check_base_model_id
 
@@ -190,6 +194,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _sweep(args, base, vectors, methods, lambdas, combined) -> int:
+    from dataclasses import asdict
+
     from peft_debias.models.loading import load_model
     from peft_debias.vector.sweep import SweepConfig, evaluate_with_suite, lambda_sweep, sweep_table, write_sweep
 
@@ -215,7 +221,7 @@ def _sweep(args, base, vectors, methods, lambdas, combined) -> int:
         "split": args.split,
     }
     options.update({k: v for k, v in (("ppl_file", args.ppl_file), ("ppl_max_tokens", args.ppl_max_tokens)) if v})
-    loaded = load_model(args.base, allow_pickle=args.allow_pickle)
+    loaded = load_model(args.base, allow_pickle=args.allow_pickle, **asdict(placement_from_args(args)))
     sweep = lambda_sweep(
         loaded.model,
         loaded.tokenizer,

@@ -25,7 +25,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,8 @@ class DemoConfig:
     batch_size: int = field(default=8, metadata={"help": "sentences per step and per forward", "min": 1})
     max_length: int = field(default=64, metadata={"help": "tokens per training sentence", "min": 8})
     n_bootstrap: int = field(default=2000, metadata={"help": "bootstrap resamples of the intervals", "min": 0})
+    device: str = field(default="auto", metadata={"help": "auto (the accelerator if present) | cpu | cuda[:N] | mps"})
+    dtype: str = field(default="auto", metadata={"help": "auto (float32 on CPU) | float32 | bfloat16 | float16"})
     overwrite: bool = False
     progress: bool = True
 
@@ -109,7 +111,10 @@ class DemoConfig:
         from peft_debias.eval.benchmarks import check_benchmarks
         from peft_debias.eval.sources import check_axes
         from peft_debias.models.loading import check_model_name
+        from peft_debias.models.placement import Placement, resolve_device
 
+        Placement(self.device, self.dtype).check()
+        resolve_device(self.device)
         check_model_name(self.causal_model, what="--causal-model")
         if self.encoder_model != "":  # '' skips the encoder stages
             check_model_name(self.encoder_model, what="--encoder-model")
@@ -201,7 +206,7 @@ def _train(cfg: DemoConfig, base: str, novels: list[str], folder: Path, steps: i
     """Train one adapter on CDA of the novels into ``folder`` (held-out loss at the end, no checkpoints)."""
     from peft_debias.train.adapter import train_adapter
 
-    values = {"batch_size": cfg.batch_size, **options}
+    values = {"batch_size": cfg.batch_size, "device": cfg.device, "dtype": cfg.dtype, **options}
     return train_adapter(
         base=base, axis=cfg.axis, corpus=novels, output=str(folder), max_steps=steps, max_length=cfg.max_length,
         max_sentences=20000, eval_every=steps, eval_max_rows=64 if cfg.quick else 256, save_every=0, seed=cfg.seed,
@@ -237,9 +242,11 @@ def _causal_stages(cfg: DemoConfig, data_dir: Path, novels: list[str], out: Path
     from peft_debias.models.loading import load_model
 
     options = _eval_options(cfg, data_dir)
-    loaded = load_model(cfg.causal_model)
+    loaded = load_model(cfg.causal_model, device=cfg.device, dtype=cfg.dtype)
+    cfg = replace(cfg, dtype=loaded.placement["dtype"])  # what "auto" became: the adapters train on it too
     base = evaluate_bias(loaded.model, loaded.tokenizer, label="base", **options)
-    runs = [{"name": "base", "label": f"{cfg.causal_model} (base)", "results": _save(base, out, "base")}]
+    record = {"name": "base", "label": f"{cfg.causal_model} (base)", "placement": loaded.placement}
+    runs = [{**record, "results": _save(base, out, "base")}]
     clock.done("baseline", _short(base, cfg.axis))
 
     methods = [("lora", cfg.lora_steps, 2e-4), ("prefix", cfg.prefix_steps, 5e-3)]
@@ -276,13 +283,15 @@ def _merge_and_check(cfg: DemoConfig, adapter: Path, peft_model: Any, tokenizer:
     from transformers import AutoModelForCausalLM
 
     from peft_debias.loader.merge import merge_to_folder
+    from peft_debias.models.placement import model_device, torch_dtype
 
     folder = out / "merged" / adapter.name
-    merge_to_folder(cfg.causal_model, [str(adapter)], folder)
-    merged = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    merge_to_folder(cfg.causal_model, [str(adapter)], folder, device=cfg.device, dtype=cfg.dtype)
+    device = model_device(peft_model)
+    merged = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype(cfg.dtype)).to(device)
     batch = tokenizer(
         ["The nurse said that she was tired.", "My brother is an engineer."], return_tensors="pt", padding=True
-    )
+    ).to(device)
     with torch.inference_mode():
         diff = (merged(**batch).logits - peft_model(**batch).logits).abs().max().item()
     clock.done("merge", f"{folder.relative_to(out)}: max |logit difference| vs the adapter {diff:.2e}")
@@ -311,6 +320,8 @@ def _vector_stages(
         batch_size=cfg.batch_size,
         seed=cfg.seed,
         progress=cfg.progress,
+        device=cfg.device,
+        dtype=cfg.dtype,
     )
     if cfg.biased_method == "lora":  # the dense delta B A of the biased LoRA
         vector = BiasVector.from_adapter(str(work / "biased"), axis=cfg.axis)
@@ -363,7 +374,8 @@ def _encoder_stages(cfg: DemoConfig, data_dir: Path, novels: list[str], out: Pat
         "seed": cfg.seed,
         "progress": cfg.progress,
     }
-    loaded = load_model(cfg.encoder_model, "encoder")
+    loaded = load_model(cfg.encoder_model, "encoder", device=cfg.device, dtype=cfg.dtype)
+    cfg = replace(cfg, dtype=loaded.placement["dtype"])
     base = evaluate_bias(loaded.model, loaded.tokenizer, label="encoder base", **options)
     folder = out / "adapters" / f"{cfg.axis}-encoder-counterfactual"
     objective = {"invariance": "tokens", "beta": 3.0, "names": 100 if cfg.axis == "gender" else 0}
@@ -377,6 +389,7 @@ def _encoder_stages(cfg: DemoConfig, data_dir: Path, novels: list[str], out: Pat
         "adapter": str(folder.relative_to(out)),
         "steps": cfg.encoder_steps,
         **objective,
+        "placement": loaded.placement,
         "base": _save(base, out, "encoder_base"),
         "adapter_results": _save(after, out, "encoder_counterfactual"),
     }

@@ -53,6 +53,8 @@ class DownstreamConfig:
     allow_base_mismatch: bool = field(default=False, metadata={"help": "load adapters recorded for another base"})
     allow_pickle: bool = field(default=False, metadata={"help": "accept pickle (.bin) weights"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing output folder"})
+    device: str = field(default="auto", metadata={"help": "auto (the accelerator if present) | cpu | cuda[:N] | mps"})
+    dtype: str = field(default="float32", metadata={"help": "weights: float32 | bfloat16 | float16 (auto: float32)"})
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -61,6 +63,9 @@ class DownstreamConfig:
             raise DebiasError("no output folder given", "pass --output DIR")
         if len(self.group_pair) != 2:
             raise DebiasError(f"groups {self.groups!r} does not name two groups", "pass e.g. --groups male,female")
+        from peft_debias.models.placement import Placement
+
+        Placement(self.device, self.dtype).check()
 
     @property
     def group_pair(self) -> tuple[str, ...]:

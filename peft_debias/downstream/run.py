@@ -57,6 +57,7 @@ def load_classifier(config: DownstreamConfig, n_labels: int) -> tuple[Any, Any]:
 
     from peft_debias.models.bundled import BUNDLED_PREFIX, bundled_model_path
     from peft_debias.models.loading import check_model_name, load_tokenizer
+    from peft_debias.models.placement import torch_dtype
 
     check_model_name(config.model, allow_pickle=config.allow_pickle)
     path = str(bundled_model_path(config.model)) if config.model.startswith(BUNDLED_PREFIX) else config.model
@@ -75,7 +76,10 @@ def load_classifier(config: DownstreamConfig, n_labels: int) -> tuple[Any, Any]:
         tokenizer.pad_token = tokenizer.eos_token
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=n_labels, use_safetensors=None if config.allow_pickle else True
+            path,
+            num_labels=n_labels,
+            use_safetensors=None if config.allow_pickle else True,
+            dtype=torch_dtype("float32" if config.dtype == "auto" else config.dtype),
         )
     except Exception as err:
         raise DebiasError(
@@ -163,7 +167,7 @@ def _record(config: DownstreamConfig, task: TaskData, metrics: dict[str, Any], t
             "n_test": len(task.test),
             "labels": task.labels,
             "train_stereotypes": dict(Counter(r.stereotype for r in task.train if r.stereotype)),
-            "train": {k: trained[k] for k in ("steps", "first_loss", "final_loss", "world_size")},
+            "train": {k: trained[k] for k in ("steps", "first_loss", "final_loss", "world_size", "placement")},
             "adapters_unchanged": trained["adapters_unchanged"],
             "config": asdict(config),
             "versions": versions(),
@@ -177,8 +181,9 @@ def run_downstream(config: DownstreamConfig) -> dict[str, Any] | None:
     from accelerate.utils import set_seed
 
     from peft_debias.loader.attach import adapter_parameters, load_debias_adapter
+    from peft_debias.models.placement import accelerate_on_cpu
 
-    accelerator = Accelerator()
+    accelerator = Accelerator(cpu=accelerate_on_cpu(config.device))
     check_destination(config.output, overwrite=config.overwrite)
     task = load_task(config)  # every input check before the model is built
     set_seed(config.seed)  # the same head initialisation in every arm of a seed
@@ -199,6 +204,7 @@ def run_downstream(config: DownstreamConfig) -> dict[str, Any] | None:
     predictions = _predict(trained["model"], test_loader, accelerator, len(task.test))
     unwrapped = accelerator.unwrap_model(trained["model"])
     trained["world_size"] = accelerator.num_processes
+    trained["placement"] = {"device": str(accelerator.device), "dtype": str(unwrapped.dtype).removeprefix("torch.")}
     trained["adapters_unchanged"] = None if before is None else _digest(adapter_parameters(unwrapped)) == before
     if trained["adapters_unchanged"] is False:
         raise RuntimeError("a frozen adapter changed during fine-tuning")

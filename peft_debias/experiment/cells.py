@@ -40,6 +40,7 @@ class RunContext:
     data_dir: Path | None
     progress: bool = True
     keep_biased: bool = False
+    device: str = "auto"  # where every cell's model runs (not part of any cell's id)
 
 
 def cell_dir(output: Path, run_id: str) -> Path:
@@ -95,7 +96,7 @@ def evaluate_point(model: Any, tokenizer: Any, spec: dict[str, Any], ctx: RunCon
     from peft_debias.models.loading import LoadedModel
 
     ev = spec["eval"]
-    config = EvalConfig(**ev["config"], progress=None if ctx.progress else False)
+    config = EvalConfig(**ev["config"], device=ctx.device, progress=None if ctx.progress else False)
     results = evaluate_bias(model, tokenizer, benchmarks=ev["benchmarks"], axes=ev["axes"], data_dir=ctx.data_dir,
                             config=config)  # fmt: skip
     if spec.get("paraphrase"):
@@ -110,7 +111,7 @@ def evaluate_point(model: Any, tokenizer: Any, spec: dict[str, Any], ctx: RunCon
 def _run_baseline(cell: Cell, ctx: RunContext, partial: Path) -> dict[str, Any]:
     from peft_debias.models.loading import load_model
 
-    loaded = load_model(cell.spec["model"])
+    loaded = load_model(cell.spec["model"], device=ctx.device, dtype=cell.spec["eval"]["config"]["dtype"])
     return {"points": [{"point": "base", "eval": evaluate_point(loaded, None, cell.spec, ctx)}]}
 
 
@@ -142,8 +143,8 @@ def _run_adapter(cell: Cell, ctx: RunContext, partial: Path) -> dict[str, Any]:
     points = partial / "points"
     points.mkdir(parents=True, exist_ok=True)
     config = TrainConfig.from_dict(
-        {**spec["train"], **spec.get("runtime", {}), "output": str(partial / "adapter"), "resume": resume,
-         "overwrite": not resume, "progress": ctx.progress},
+        {**spec["train"], "device": ctx.device, **spec.get("runtime", {}), "output": str(partial / "adapter"),
+         "resume": resume, "overwrite": not resume, "progress": ctx.progress},
         source=f"cell {cell.run_id}",
     )  # fmt: skip
 
@@ -196,13 +197,15 @@ def _run_vector(cell: Cell, ctx: RunContext, partial: Path) -> dict[str, Any]:
     corpus = partial / "train_text.jsonl"
     write_jsonl(corpus, ({"text": s} for s in sentences))
     biased_dir = partial / "biased"
-    config = BiasedConfig(**spec["biased"], output=str(biased_dir), corpus=[str(corpus)], progress=ctx.progress)
+    config = BiasedConfig(
+        **{"device": ctx.device, **spec["biased"]}, output=str(biased_dir), corpus=[str(corpus)], progress=ctx.progress
+    )
     trained = train_biased(config)
     if config.method == "lora":
         vector = BiasVector.from_adapter(biased_dir, axis=spec["axis"])
     else:
         vector = BiasVector.from_models(spec["model"], str(biased_dir), axis=spec["axis"])
-    loaded = load_model(spec["model"])
+    loaded = load_model(spec["model"], device=ctx.device, dtype=spec["eval"]["config"]["dtype"])
     calls = {"n": 0}
 
     def evaluate(model: Any, tokenizer: Any) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from peft_debias.experiment.config import ExperimentConfig
 HARNESS_VERSION = 1
 # Harness defaults for the evaluation (a config's eval block overrides them).
 EVAL_DEFAULTS: dict[str, Any] = {"n_bootstrap": 1000, "seat_tests": "axes"}
-_VOLATILE_TRAIN = {"output", "resume", "overwrite", "progress", "log_every", "save_every", "eval_every"}
+_VOLATILE_TRAIN = {"output", "resume", "overwrite", "progress", "log_every", "save_every", "eval_every", "device"}
 # TrainConfig fields added after the first cached grids: left out of the spec while at their default, so that the
 # ids of cells cached before they existed stay valid.
 _LATER_TRAIN_DEFAULTS = {"invariance": "distribution", "names": 0, "regulariser": "lm"}
@@ -48,7 +48,11 @@ def _train_spec(train: Any) -> dict[str, Any]:
     }
 
 
-_VOLATILE_BIASED = {"output", "overwrite", "progress", "corpus"}
+_VOLATILE_BIASED = {"output", "overwrite", "progress", "corpus", "device"}
+# Where a model runs, not what it computes: never part of a cell's id (the run's --device decides it).
+_EVAL_RUNTIME = ("progress", "device", "device_map", "max_memory", "offload_folder")
+# The dtype as cell ids have always named it; experiments read "auto" as float32, on every machine alike.
+_SPEC_DTYPE = {"auto": "fp32", "float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 _PATH_EVAL_KEYS = ("seat_dir", "crows_file", "stereoset_file", "ppl_file")
 KINDS = ("baseline", "adapter", "vector")
 
@@ -144,7 +148,12 @@ class _Expander:
         self.eval_config = replace(EvalConfig(), **options).validate()
 
     def eval_spec(self, axes: list[str]) -> dict[str, Any]:
-        config = {k: v for k, v in asdict(self.eval_config).items() if k != "progress"}
+        from peft_debias.models.placement import dtype_name
+
+        config = {k: v for k, v in asdict(self.eval_config).items() if k not in _EVAL_RUNTIME}
+        config["dtype"] = _SPEC_DTYPE[dtype_name(config["dtype"])]
+        if not config["fidelity"]:  # added later: named only when on
+            del config["fidelity"]
         return {"benchmarks": list(self.config.benchmarks), "axes": axes, "config": config}
 
     def stereoset_file(self) -> str:
@@ -202,6 +211,14 @@ def expand_grid(config: ExperimentConfig, data_dir: str | Path | None = None) ->
     return cells
 
 
+def _biased_spec(biased: Any) -> dict[str, Any]:
+    """The hashed settings of a vector cell's biased training (a float32 dtype, the default, left out)."""
+    spec = {k: v for k, v in asdict(biased).items() if k not in _VOLATILE_BIASED}
+    if spec.get("dtype") == "float32":
+        del spec["dtype"]
+    return spec
+
+
 def _vector_cells(config: ExperimentConfig, ex: _Expander) -> list[Cell]:
     from peft_debias.train.biased import BiasedConfig
 
@@ -221,7 +238,7 @@ def _vector_cells(config: ExperimentConfig, ex: _Expander) -> list[Cell]:
                 "model": ex.models[model], "axis": axis, "role": role, "seed": seed, "fill": fill,
                 "stereoset_file": stereoset, "train_items": vec.train_items,
                 "split_seed": config.split_seed if vec.train_items == "select" else None,
-                "biased": {k: v for k, v in asdict(biased).items() if k not in _VOLATILE_BIASED},
+                "biased": _biased_spec(biased),
                 "lambdas": list(vec.lambdas), "eval": ex.eval_spec([axis]), "paraphrase": config.paraphrase,
             }  # fmt: skip
             if vec.train_items == "select":  # halves keyed by template (earlier cells: by item id; new ids recompute)

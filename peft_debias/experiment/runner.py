@@ -54,6 +54,20 @@ def resolve_data(config: ExperimentConfig, data_dir: str | Path | None) -> Path:
     return resolve_data_dir(data_dir or config.data_dir).resolve()
 
 
+def with_dtype(config: ExperimentConfig, dtype: str | None) -> ExperimentConfig:
+    """``config`` with every model in ``dtype`` (evaluation, training, biased models); None leaves it as it is."""
+    from dataclasses import replace
+
+    from peft_debias.models.placement import dtype_name
+
+    if dtype is None:
+        return config
+    name = dtype_name(dtype)
+    weights = "float32" if name == "auto" else name  # training has no "auto"
+    vector = config.vector and replace(config.vector, biased={**config.vector.biased, "dtype": weights})
+    return replace(config, eval={**config.eval, "dtype": name}, train={**config.train, "dtype": weights}, vector=vector)
+
+
 def run_experiment(
     config: ExperimentConfig,
     output: str | Path | None = None,
@@ -64,6 +78,8 @@ def run_experiment(
     progress: bool = True,
     keep_biased: bool | None = None,
     shard: tuple[int, int] | None = None,
+    device: str = "auto",
+    dtype: str | None = None,
 ) -> ExperimentRun:
     """Run (or continue) the experiment and write its report.
 
@@ -77,7 +93,14 @@ def run_experiment(
         keep_biased: keep the biased models of vector cells (default: the config's ``vector.keep_biased``).
         shard: ``(k, n)``: compute only the cells at grid positions ``k - 1, k - 1 + n, ...``, so that ``n``
             processes sharing ``output`` split the grid; the report covers all finished cells.
+        device: where every cell runs (``auto``, ``cpu``, ``cuda[:N]``, ``mps``); not part of the cells' ids.
+        dtype: the models' dtype for every evaluation, training and biased model (default: the config's; an
+            experiment's ``auto`` is float32 on every machine). It is part of the cells' ids.
     """
+    from peft_debias.models.placement import resolve_device
+
+    resolve_device(device)
+    config = with_dtype(config, dtype)
     data = resolve_data(config, data_dir)
     out = Path(output) if output is not None else default_output(config)
     cells = expand_grid(config, data)
@@ -95,7 +118,7 @@ def run_experiment(
                    "role": c.role, "seed": c.seed} for c in cells],
     }, indent=1)  # fmt: skip
     keep = keep_biased if keep_biased is not None else bool(config.vector and config.vector.keep_biased)
-    ctx = RunContext(out, data, progress=progress, keep_biased=keep)
+    ctx = RunContext(out, data, progress=progress, keep_biased=keep, device=device)
     if not report_only:
         mine = {c.run_id for i, c in enumerate(cells) if shard is None or i % shard[1] == shard[0] - 1}
         todo = [c for c in cells if c.run_id in run.missing and c.run_id in mine]

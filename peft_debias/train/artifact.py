@@ -27,7 +27,15 @@ def base_model_info(trained: Trained) -> dict[str, Any]:
         "kind": loaded.kind.value,
         "model_type": getattr(loaded.model.config, "model_type", None),
         "weights_fingerprint": trained.base_fingerprint,
+        "dtype": str(loaded.model.dtype).removeprefix("torch."),  # what the fingerprints were taken in
     }
+
+
+def training_placement(trained: Trained) -> dict[str, str]:
+    """Where the run trained: the device of the main process and the dtype of the base's weights."""
+    from peft_debias.models.placement import model_device
+
+    return {"device": str(model_device(trained.model)), "dtype": trained.config.dtype}
 
 
 def adapter_info(trained: Trained, peft_type: str) -> dict[str, Any]:
@@ -60,6 +68,7 @@ def adapter_info(trained: Trained, peft_type: str) -> dict[str, Any]:
             "scheduler": config.scheduler,
             "warmup_ratio": config.warmup_ratio,
             "mixed_precision": config.mixed_precision,
+            **training_placement(trained),
             "beta": objective_options.beta,
             "invariance": objective_options.invariance,
             "regulariser": objective_options.regulariser,

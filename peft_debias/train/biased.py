@@ -27,7 +27,14 @@ from peft_debias.core.bounds import check_minimums
 from peft_debias.core.errors import DebiasError
 from peft_debias.core.portable import scrub_local_paths
 from peft_debias.core.provenance import sidecar
-from peft_debias.train.artifact import adapter_info, base_model_info, portable_run_config, save_adapter, write_folder
+from peft_debias.train.artifact import (
+    adapter_info,
+    base_model_info,
+    portable_run_config,
+    save_adapter,
+    training_placement,
+    write_folder,
+)
 from peft_debias.train.config import FLAT_KEYS, TrainConfig, Trained, Writer
 
 logger = logging.getLogger(__name__)
@@ -80,6 +87,10 @@ class BiasedConfig:
     r: int = field(default=8, metadata={"help": "LoRA rank (method lora)", "min": 1, "max": 4096})
     alpha: int = 16
     target_modules: list[str] | None = None
+    device: str = field(default="auto", metadata={"help": "auto (the accelerator if present) | cpu | cuda[:N] | mps"})
+    dtype: str = field(
+        default="float32", metadata={"help": "weights' dtype: float32 | bfloat16 (full: trained and saved in it)"}
+    )
     revision: str | None = None
     allow_pickle: bool = False
     trust_remote_code: bool = False
@@ -118,6 +129,9 @@ class BiasedConfig:
         for bad, problem, fix in checks:
             if bad:
                 raise DebiasError(problem, fix)
+        from peft_debias.models.placement import resolve_device
+
+        resolve_device(self.device)  # an accelerator that is not here: refused before the text is read
         return self
 
 
@@ -256,6 +270,7 @@ def _model_info(trained: Trained, corpus: dict[str, Any], config: BiasedConfig) 
         "training": {
             "steps": result.steps,
             "lr": trained.config.lr,
+            **training_placement(trained),
             "seconds": round(result.seconds, 2),
             "seconds_per_step": result.seconds_per_step,
         },

@@ -84,6 +84,8 @@ def _load_model(config: TrainConfig) -> _Model:
         config.base,
         config.kind,
         revision=config.revision,
+        device="cpu",  # accelerate moves it to the process's device
+        dtype=config.dtype,
         allow_pickle=config.allow_pickle,
         trust_remote_code=config.trust_remote_code,
     )
@@ -251,7 +253,9 @@ def run_training(
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    from peft_debias.models.placement import accelerate_on_cpu
+
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=accelerate_on_cpu(config.device))
     expected = expected_world_size(config)
     if expected is not None and expected != accelerator.num_processes:
         raise DebiasError(

@@ -225,7 +225,7 @@ def apply_to_module(vector: VectorLike, model: torch.nn.Module, scale: float, ch
         for name in vector:
             param = params.get(name)
             if param is not None:
-                param.copy_(vector.tensor(name, scale).add_(param.detach().float()))
+                param.copy_(vector.tensor(name, scale).to(param.device).add_(param.detach().float()))
     return model
 
 

@@ -81,7 +81,7 @@ class _Restorer:
     def __init__(self, model: torch.nn.Module, vectors: Sequence[BiasVector]) -> None:
         params = dict(model.named_parameters())
         names = {n for v in vectors for n in v if n in params}
-        self.saved = {n: params[n].detach().clone() for n in sorted(names)}
+        self.saved = {n: params[n].detach().to("cpu", copy=True) for n in sorted(names)}  # off the accelerator
         self.params = params
 
     def restore(self) -> None:
