@@ -21,6 +21,8 @@ _EXPORTS = {
     "swap": "peft_debias.cda.swapping",
     "build_cda_dataset": "peft_debias.cda.dataset",
     "load_model": "peft_debias.models.loading",
+    "Placement": "peft_debias.models.placement",
+    "resolve_placement": "peft_debias.models.placement",
     "train_adapter": "peft_debias.train.adapter",
     "TrainConfig": "peft_debias.train.config",
     "METHODS": "peft_debias.models.methods",
