@@ -106,10 +106,11 @@ def portable_run_config(values: dict[str, Any], skip: tuple[str, ...] = ()) -> d
     return scrub_local_paths(out)
 
 
-def save_adapter(model: Any, folder: Path, base_id: str | None) -> None:
+def save_adapter(model: Any, folder: Path, base_id: str | None, state_dict: dict[str, Any] | None = None) -> None:
     """``model.save_pretrained(folder)``, then ``adapter_config.json`` rewritten to name the base by its Hub id
-    (``None`` for a local-only base), never by the local folder peft recorded."""
-    model.save_pretrained(str(folder))
+    (``None`` for a local-only base), never by the local folder peft recorded. ``state_dict``: the whole model's
+    weights when the model holds shards only (a sharded run)."""
+    model.save_pretrained(str(folder), state_dict=state_dict)
     path = folder / "adapter_config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
     write_json(path, portable_adapter_config(config, base_id), indent=2, sort_keys=True)
@@ -133,4 +134,5 @@ def write_artifact(trained: Trained) -> None:
     model = trained.model
     info = adapter_info(trained, str(model.peft_config["default"].peft_type.value))
     base_id = info["base_model"]["hub_id"]
-    write_folder(trained, info, render_adapter_card(info), lambda folder: save_adapter(model, folder, base_id))
+    state = trained.result.full_state
+    write_folder(trained, info, render_adapter_card(info), lambda folder: save_adapter(model, folder, base_id, state))

@@ -237,11 +237,12 @@ def _writer(config: BiasedConfig, corpus_info: dict[str, Any]) -> Writer:
         info = scrub_local_paths(info)
 
         def save(folder: Path) -> None:
+            state = trained.result.full_state  # a sharded run's gathered weights (else None: the model's own)
             if full:  # a model folder that loads on its own
-                trained.model.save_pretrained(str(folder))
+                trained.model.save_pretrained(str(folder), state_dict=state)
                 trained.tokenizer.save_pretrained(str(folder))
             else:
-                save_adapter(trained.model, folder, info["base_model"]["hub_id"])
+                save_adapter(trained.model, folder, info["base_model"]["hub_id"], state)
 
         write_folder(trained, info, biased_readme(info), save)
 

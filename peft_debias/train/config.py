@@ -363,6 +363,9 @@ class TrainResult:
     seconds_per_step: float
     rank_fingerprints: list[str]
     model: Any = field(default=None, repr=False)  # the trained model (unwrapped), in eval mode
+    # A sharded (FSDP) run's whole state dict, gathered for the main process to save (there the model holds shards
+    # only); None when the model holds its own weights.
+    full_state: dict[str, Any] | None = field(default=None, repr=False)
 
 
 def expected_world_size(config: TrainConfig) -> int | None:

@@ -15,6 +15,8 @@ is deliberately explicit so that it is deterministic and resumable on CPU:
 With ``full`` every weight trains and there is no PEFT wrapper; the output folder is then written by the caller's
 writer (a full model). Under ``accelerate launch`` with several processes each rank trains on its own slice of
 every batch and DDP averages the gradients; the loop refuses to run if the world size differs from the expected one.
+Under FSDP (accelerate shards on GPUs only) the weights digest and the saved weights are gathered from the shards
+first (:mod:`peft_debias.train.sharded`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ import torch
 from peft_debias.cda.dataset import CDA_SCRATCH_PREFIX
 from peft_debias.core.atomic import check_not_input, scratch_folder
 from peft_debias.core.errors import DebiasError
-from peft_debias.core.fingerprints import float_params_digest
 from peft_debias.train import work as work_files
 from peft_debias.train.config import (
     FULL,
@@ -45,6 +46,7 @@ from peft_debias.train.config import (
 )
 from peft_debias.train.data import RowStream, read_corpus, training_rows
 from peft_debias.train.objectives import compute_loss
+from peft_debias.train.sharded import check_sharded_run, full_state_dict, weights_digest
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +56,6 @@ def _seed_for(*parts: int) -> int:
     for part in parts:
         value = (value * 1_000_003 + part) % (2**62)
     return value
-
-
-def _weights_digest(model) -> str:
-    """The trained weights' digest, compared across processes after training."""
-    return float_params_digest((n, p) for n, p in model.named_parameters() if p.requires_grad)
 
 
 @dataclass
@@ -122,8 +119,8 @@ class _Trainer:
         self.tokenizer, self.rows, self.eval_rows = prepared.loaded.tokenizer, rows, eval_rows
         per_step = config.batch_size * config.grad_accum * self.world
         self.total = config.max_steps or max(1, math.ceil(config.epochs * len(rows) / per_step))
-        self.trainable = [p for p in prepared.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(self.trainable, lr=config.lr, weight_decay=config.weight_decay)
+        trainable = [p for p in prepared.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = get_scheduler(
             config.scheduler,
             optimizer,
@@ -194,7 +191,7 @@ class _Trainer:
             for key, value in parts.items():
                 parts_sum[key] = parts_sum.get(key, 0.0) + value / config.grad_accum
         if config.max_grad_norm:
-            accelerator.clip_grad_norm_(self.trainable, config.max_grad_norm)
+            accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -232,12 +229,13 @@ class _Trainer:
         elapsed = time.perf_counter() - started
         if eval_loss is None and self.eval_rows:
             eval_loss = self.evaluate()
-        digests = _gather_digests(accelerator, _weights_digest(self.unwrapped))
+        digests = _gather_digests(accelerator, weights_digest(accelerator, self.model, self.unwrapped))
+        full_state = full_state_dict(accelerator, self.model, self.unwrapped)  # FSDP: all ranks gather, main keeps
         accelerator.wait_for_everyone()
         self.unwrapped.eval()
         per_step = elapsed / max(total - start_step, 1)
         output = Path(config.output)
-        return TrainResult(output, total, last_loss, eval_loss, elapsed, per_step, digests, self.unwrapped)
+        return TrainResult(output, total, last_loss, eval_loss, elapsed, per_step, digests, self.unwrapped, full_state)
 
 
 def run_training(
@@ -263,6 +261,7 @@ def run_training(
             "check the launch command (on CPU use ACCELERATE_USE_CPU=true accelerate launch "
             "--multi_gpu --num_processes N) or the world_size setting",
         )
+    check_sharded_run(accelerator, config)
     set_seed(config.seed)
     cache = None if texts is not None else scratch_folder(CDA_SCRATCH_PREFIX)
     try:  # the CDA table is read into rows before training: its folder goes when the run ends, however it ends
