@@ -6,6 +6,7 @@ Every :class:`~peft_debias.train.biased.BiasedConfig` field is an option (``max_
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import fields
 
 from peft_debias.cli.options import add_dataclass_arguments
@@ -24,6 +25,10 @@ def run(args: argparse.Namespace) -> int:
     names = {f.name for f in fields(BiasedConfig)}
     config = BiasedConfig(**{k: v for k, v in vars(args).items() if k in names})
     result = train_biased(config)
+    if len(set(result.rank_fingerprints)) > 1:
+        raise RuntimeError(f"ranks ended with different weights: {result.rank_fingerprints}")
+    if int(os.environ.get("RANK", "0")) != 0:  # one report, from the main process
+        return 0
     held_out = "n/a" if result.eval_loss is None else f"{result.eval_loss:.4f}"
     loss = "n/a" if result.train_loss is None else f"{result.train_loss:.4f}"
     print(

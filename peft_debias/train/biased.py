@@ -187,6 +187,7 @@ class BiasedResult:
     eval_loss: float | None
     seconds: float
     sentences: int
+    rank_fingerprints: list[str] = field(default_factory=list)  # the trained weights' digest on each process
 
 
 def train_biased(config: BiasedConfig | None = None, **overrides: Any) -> BiasedResult:
@@ -209,7 +210,13 @@ def train_biased(config: BiasedConfig | None = None, **overrides: Any) -> Biased
     trained = train(_train_config(config, len(sentences)), texts=sentences, write=_writer(config, corpus_info))
     seconds = time.perf_counter() - started
     return BiasedResult(
-        Path(config.output), trained.steps, trained.train_loss, trained.eval_loss, seconds, len(sentences)
+        Path(config.output),
+        trained.steps,
+        trained.train_loss,
+        trained.eval_loss,
+        seconds,
+        len(sentences),
+        trained.rank_fingerprints,
     )
 
 
@@ -274,8 +281,10 @@ def _model_info(trained: Trained, corpus: dict[str, Any], config: BiasedConfig) 
             **training_placement(trained),
             "seconds": round(result.seconds, 2),
             "seconds_per_step": result.seconds_per_step,
+            "world_size": trained.world,
         },
         "metrics": {"train_loss": result.train_loss, "eval_loss": result.eval_loss},
+        "rank_fingerprints": result.rank_fingerprints,
         "biased_config": _jsonable(config),
     }
     return sidecar("biased_model", fields)
