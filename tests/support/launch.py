@@ -17,12 +17,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch_two_ranks(script: str | Path, *args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+def launch_two_ranks(
+    script: str | Path,
+    *args: str,
+    cwd: Path,
+    timeout: int = 600,
+    config_file: Path | None = None,
+    module: bool = False,
+) -> subprocess.CompletedProcess:
     """Run ``script args`` under ``accelerate launch`` as two gloo ranks on the CPU (``--cpu --num_processes 2``
-    silently runs ONE process; ``--multi_gpu`` with ``ACCELERATE_USE_CPU`` gives two), the repository importable."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    command += ["--main_process_port", str(free_port()), str(script), *args]
+    silently runs ONE process; ``--multi_gpu`` with ``ACCELERATE_USE_CPU`` gives two), the repository importable.
+    ``config_file``: an accelerate config (two processes, not ``use_cpu``) instead of the ``--multi_gpu`` flags;
+    ``module``: ``script`` is a module name (``peft_debias``), run as ``python -m``."""
+    command = [sys.executable, "-m", "accelerate.commands.launch"]
+    if config_file is None:
+        command += ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
+        command += ["--dynamo_backend", "no"]
+    else:
+        command += ["--config_file", str(config_file)]
+    command += ["--main_process_port", str(free_port()), *(["-m"] if module else []), str(script), *args]
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd)
