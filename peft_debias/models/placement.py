@@ -82,7 +82,9 @@ class Placement:
         for key, size in (self.max_memory or {}).items():
             _memory_key(key)
             if not isinstance(size, (str, int)) or (isinstance(size, str) and not _SIZE.match(size.strip())):
-                raise DebiasError(f"memory size {size!r} for {key} is not a size", "write it like 2GiB, 500MB or a byte count")
+                raise DebiasError(
+                    f"memory size {size!r} for {key} is not a size", "write it like 2GiB, 500MB or a byte count"
+                )
         return self
 
 
