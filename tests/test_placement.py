@@ -128,14 +128,19 @@ def test_device_map_auto_offloads_to_disk_and_scores_the_same(
     assert not folder.exists()  # the temporary offload folder goes with the model
 
 
-def test_a_model_object_is_not_moved_behind_the_callers_back(tiny_models: dict[str, Path]) -> None:
+def test_a_model_object_is_not_moved_behind_the_callers_back(tiny_models: dict[str, Path], tmp_path: Path) -> None:
     loaded = load_model(str(tiny_models["llama"]))
+    text = tmp_path / "t.txt"
+    text.write_text("The doctor said that she would call him back tomorrow morning.\n" * 20)
+    options = {"benchmarks": "perplexity", "ppl_file": str(text), "ppl_max_tokens": 32, "progress": False}
     with pytest.raises(DebiasError, match="model object passed is in float32"):
-        evaluate_bias(loaded.model, loaded.tokenizer, benchmarks="perplexity", dtype="bfloat16")
+        evaluate_bias(loaded.model, loaded.tokenizer, dtype="bfloat16", **options)
     with pytest.raises(DebiasError, match="--device cuda was asked for"):
-        evaluate_bias(loaded.model, loaded.tokenizer, benchmarks="perplexity", device="cuda")
+        evaluate_bias(loaded.model, loaded.tokenizer, device="cuda", **options)
     with pytest.raises(DebiasError, match="pass the model by name"):
-        evaluate_bias(loaded, benchmarks="perplexity", dtype="bfloat16", fidelity=True)
+        evaluate_bias(loaded, dtype="bfloat16", fidelity=True, **options)
+    out = evaluate_bias(loaded.model, loaded.tokenizer, device="cpu", dtype="float32", **options)
+    assert out["placement"] == {"device": "cpu", "dtype": "float32", "device_map": None}
 
 
 def test_fidelity_counts_the_decisions_bf16_moves(tiny_models: dict[str, Path], data_dir: Path) -> None:
