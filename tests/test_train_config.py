@@ -35,14 +35,17 @@ def test_flat_keys_reach_the_groups() -> None:
 
 def test_saved_form_and_fingerprint_are_the_flat_ones() -> None:
     later = SAVED_KEYS.index("regulariser") + 1  # equalize_data: saved only when set
-    placed = SAVED_KEYS.index("mixed_precision") + 1  # device, dtype: saved only when set
-    keys = [*SAVED_KEYS[:placed], "device", "dtype", *SAVED_KEYS[placed:later], "equalize_data", *SAVED_KEYS[later:]]
+    placed = SAVED_KEYS.index("mixed_precision") + 1  # optimizer, device, dtype: saved only when set
+    new = ["optimizer", "device", "dtype"]
+    keys = [*SAVED_KEYS[:placed], *new, *SAVED_KEYS[placed:later], "equalize_data", *SAVED_KEYS[later:]]
     assert list(FLAT_KEYS) == keys
     assert list(TrainConfig().to_dict()) == SAVED_KEYS
     plain = TrainConfig(base="b", corpus=["c"], output="o")
     assert TrainConfig(base="b", corpus=["c"], output="o", device="cpu").fingerprint() == plain.fingerprint()
     bf16 = TrainConfig(base="b", corpus=["c"], output="o", dtype="bfloat16")
     assert bf16.to_dict()["dtype"] == "bfloat16" and bf16.fingerprint() != plain.fingerprint()
+    eight = TrainConfig(base="b", corpus=["c"], output="o", optimizer="adamw_8bit")
+    assert eight.to_dict()["optimizer"] == "adamw_8bit" and eight.fingerprint() != plain.fingerprint()
     equalize = TrainConfig(objective="equalize", equalize_data="persons.json")
     assert equalize.to_dict()["equalize_data"] == "persons.json"
     assert TrainConfig.from_dict(equalize.to_dict()) == equalize

@@ -175,6 +175,13 @@ def accelerate_on_cpu(device: str) -> bool:
     return resolved == "cpu"
 
 
+def check_training_placement(device: str, dtype: str) -> None:
+    """Refuse a malformed training device, and ``dtype="auto"``: a run's weights dtype is always explicit."""
+    Placement(device=device).check()
+    if dtype_name(dtype) == "auto":
+        raise DebiasError("dtype auto is not for training", "pass float32, bfloat16 or float16")
+
+
 def checkpoint_dtype(config: Any) -> torch.dtype | None:
     """The dtype a transformers config says its weights are stored in (``dtype`` / ``torch_dtype``), or None."""
     for attr in ("dtype", "torch_dtype"):

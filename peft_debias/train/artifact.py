@@ -31,11 +31,12 @@ def base_model_info(trained: Trained) -> dict[str, Any]:
     }
 
 
-def training_placement(trained: Trained) -> dict[str, str]:
-    """Where the run trained: the device of the main process and the dtype of the base's weights."""
+def training_setup(trained: Trained) -> dict[str, str]:
+    """How the run trained: the main process's device, the dtype of the base's weights, the optimizer."""
     from peft_debias.models.placement import model_device
 
-    return {"device": str(model_device(trained.model)), "dtype": trained.config.dtype}
+    config = trained.config
+    return {"device": str(model_device(trained.model)), "dtype": config.dtype, "optimizer": config.optimizer}
 
 
 def adapter_info(trained: Trained, peft_type: str) -> dict[str, Any]:
@@ -68,7 +69,7 @@ def adapter_info(trained: Trained, peft_type: str) -> dict[str, Any]:
             "scheduler": config.scheduler,
             "warmup_ratio": config.warmup_ratio,
             "mixed_precision": config.mixed_precision,
-            **training_placement(trained),
+            **training_setup(trained),
             "beta": objective_options.beta,
             "invariance": objective_options.invariance,
             "regulariser": objective_options.regulariser,

@@ -32,7 +32,7 @@ from peft_debias.train.artifact import (
     base_model_info,
     portable_run_config,
     save_adapter,
-    training_placement,
+    training_setup,
     write_folder,
 )
 from peft_debias.train.config import FLAT_KEYS, TrainConfig, Trained, Writer
@@ -75,6 +75,7 @@ class BiasedConfig:
     epochs: float | None = None
     lr: float | None = field(default=None, metadata={"help": "peak learning rate (default full 5e-5, lora 2e-4)"})
     weight_decay: float = 0.0
+    optimizer: str = field(default="adamw", metadata={"help": "adamw | adamw_8bit | paged_adamw_8bit (bitsandbytes)"})
     scheduler: str = "linear"
     warmup_ratio: float = 0.06
     max_grad_norm: float = 1.0
@@ -129,9 +130,12 @@ class BiasedConfig:
         for bad, problem, fix in checks:
             if bad:
                 raise DebiasError(problem, fix)
-        from peft_debias.models.placement import resolve_device
+        from peft_debias.models.placement import check_training_placement, resolve_device
+        from peft_debias.train.optim import check_optimizer
 
+        check_training_placement(self.device, self.dtype)
         resolve_device(self.device)  # an accelerator that is not here: refused before the text is read
+        check_optimizer(self.optimizer)
         return self
 
 
@@ -278,7 +282,7 @@ def _model_info(trained: Trained, corpus: dict[str, Any], config: BiasedConfig) 
         "training": {
             "steps": result.steps,
             "lr": trained.config.lr,
-            **training_placement(trained),
+            **training_setup(trained),
             "seconds": round(result.seconds, 2),
             "seconds_per_step": result.seconds_per_step,
             "world_size": trained.world,

@@ -52,7 +52,7 @@ FULL = "full"
 # Called as step_callback(step, model, tokenizer) after each optimizer step (see train_adapter).
 StepCallback = Callable[[int, Any, Any], None]
 # Flat keys added after v0.1, with their defaults: left out of the flat form while at them.
-LATER_KEYS: dict[str, Any] = {"equalize_data": None, "device": "auto", "dtype": "float32"}
+LATER_KEYS: dict[str, Any] = {"equalize_data": None, "device": "auto", "dtype": "float32", "optimizer": "adamw"}
 # Flat keys that may change between a run and its resumption.
 RESUME_FREE = {"resume", "overwrite", "log_every", "save_every", "eval_every", "progress", "base_model_id", "device"}
 
@@ -113,6 +113,7 @@ class TrainConfig:
     max_length: int = field(default=128, metadata={"help": "tokens per sequence"})
     seed: int = field(default=0, metadata={"help": "random seed", "min": 0})
     mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16"})
+    optimizer: str = field(default="adamw", metadata={"help": "adamw | adamw_8bit | paged_adamw_8bit (bitsandbytes)"})
     device: str = field(default="auto", metadata={"help": "auto (the accelerator if present) | cpu | cuda[:N] | mps"})
     dtype: str = field(default="float32", metadata={"help": "the base's weights: float32 | bfloat16 | float16"})
     eval_fraction: float = field(default=0.05, metadata={"help": "held-out share of the CDA sentences"})
@@ -232,11 +233,11 @@ class TrainConfig:
         for bad, problem, fix in [*self._run_checks(given_texts), *self._option_checks()]:
             if bad:
                 raise DebiasError(problem, fix)
-        from peft_debias.models.placement import Placement, dtype_name
+        from peft_debias.models.placement import check_training_placement
+        from peft_debias.train.optim import check_optimizer
 
-        Placement(device=self.device).check()
-        if dtype_name(self.dtype) == "auto":
-            raise DebiasError("dtype auto is not for training", "pass float32, bfloat16 or float16")
+        check_training_placement(self.device, self.dtype)
+        check_optimizer(self.optimizer)
         from transformers import SchedulerType
 
         schedulers = [t.value for t in SchedulerType]

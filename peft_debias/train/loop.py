@@ -46,6 +46,7 @@ from peft_debias.train.config import (
 )
 from peft_debias.train.data import RowStream, read_corpus, training_rows
 from peft_debias.train.objectives import compute_loss
+from peft_debias.train.optim import make_optimizer
 from peft_debias.train.sharded import check_sharded_run, full_state_dict, weights_digest
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,8 @@ def _load_model(config: TrainConfig) -> _Model:
     backbone_fp = backbone_fingerprint(loaded.model)  # equal across heads: the downstream loader's base check
     if config.method == FULL:
         model = loaded.model.requires_grad_(True)
+        if config.dtype != "float32":  # measured in docs/scale.md: at lr 5e-5 about half the weights never moved
+            logger.warning("every weight trains in %s, which drops updates below its precision", config.dtype)
     else:
         model = wrap_model(loaded.model, config.method, kind, config.method_options, base_name=loaded.path)
     room = max_positions(loaded.model, loaded.tokenizer)
@@ -120,7 +123,7 @@ class _Trainer:
         per_step = config.batch_size * config.grad_accum * self.world
         self.total = config.max_steps or max(1, math.ceil(config.epochs * len(rows) / per_step))
         trainable = [p for p in prepared.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+        optimizer = make_optimizer(config.optimizer, trainable, config.lr, config.weight_decay)
         self.scheduler = get_scheduler(
             config.scheduler,
             optimizer,
