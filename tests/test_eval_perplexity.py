@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from peft_debias.core.errors import DebiasError
+from peft_debias.eval.lm_head import fp32_head_weight, head_log_softmax, head_target_logprobs
+from peft_debias.eval.lm_scoring import pad_batch
 from peft_debias.eval.perplexity import (
     causal_nll,
     masked_nll,
@@ -107,7 +109,6 @@ def test_run_perplexity(tiny_models: dict[str, Path]) -> None:
     assert 50 < out["perplexity"] < 5000
 
 
-
 def test_run_perplexity_is_the_mean_over_the_scored_tokens(tiny_models: dict[str, Path]) -> None:
     """exp(total NLL / token count) against one forward per token (causal) or per masked token (masked)."""
     causal = load_model(str(tiny_models["gpt2"]))
@@ -125,6 +126,27 @@ def test_run_perplexity_is_the_mean_over_the_scored_tokens(tiny_models: dict[str
     total = -sum(manual_masked_logprob(masked.model, seq, p, tok.mask_token_id) for p in range(1, 31))
     assert out["nll"] == pytest.approx(total / 30, rel=1e-5)
     assert out["perplexity"] == pytest.approx(math.exp(total / 30), rel=1e-5)
+
+
+@pytest.mark.parametrize(("name", "dtype"), [("llama", torch.float32), ("gpt2", torch.bfloat16)])
+def test_target_logprobs_equal_the_full_log_softmax(tiny_models: dict[str, Path], name: str, dtype) -> None:
+    """The vocabulary-sliced head gives the full fp32 log-softmax's values at the targets, the head itself (a
+    bf16 one too, tied to the embeddings) multiplying no row."""
+    model = load_model(str(tiny_models[name]), dtype=dtype).model
+    ids, mask = pad_batch([[5, 6, 7, 8, 9], [9, 10, 11]], 0, torch.device("cpu"))
+    rows, cols, targets = torch.tensor([0, 0, 1, 1]), torch.tensor([1, 4, 0, 2]), torch.tensor([3, 17, 0, 250])
+    seen = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda m, a, out: seen.append(a[0].shape[1]))
+    with torch.inference_mode():
+        got = head_target_logprobs(model, ids, mask, rows, cols, targets, chunk=7)  # slices that end mid-vocabulary
+        full = head_log_softmax(model, ids, mask, rows, cols, fp32_head_weight(model))
+    handle.remove()
+    assert seen[0] == 0  # head_target_logprobs's forward: the model's own head multiplied no row
+    assert got.dtype == torch.float32 and got.shape == (4,)
+    torch.testing.assert_close(got, full.gather(-1, targets[:, None])[:, 0], atol=1e-5, rtol=1e-5)
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert tied == (name == "gpt2")  # the tiny gpt2 ties its head to the embeddings and stays tied
+
 
 def test_text_token_ids_reads_only_what_it_needs(tiny_models: dict[str, Path]) -> None:
     tok = load_model(str(tiny_models["llama"])).tokenizer

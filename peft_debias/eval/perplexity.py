@@ -21,9 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 from peft_debias.core.errors import DebiasError
+from peft_debias.eval.lm_head import head_target_logprobs
 from peft_debias.eval.lm_scoring import (
-    fp32_head_weight,
-    head_log_softmax,
     masked_logprobs,
     max_sequence_length,
     model_device,
@@ -105,7 +104,6 @@ def causal_nll(
     device = model_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else seq[0]
     total = 0.0
-    head = fp32_head_weight(model)  # a bf16 model's head and log-softmax in fp32
     groups = [spans[i : i + batch_size] for i in range(0, len(spans), batch_size)]
     for group in tqdm(groups, desc="perplexity", leave=False, disable=None if progress is None else not progress):
         x, mask = pad_batch([seq[b:e] for b, e, _ in group], pad, device)
@@ -116,8 +114,9 @@ def causal_nll(
                 cols.append(pos - 1 - b)
                 targets.append(seq[pos])
         rows_t, cols_t = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
-        logp = head_log_softmax(model, x, mask, rows_t, cols_t, head)
-        total -= float(logp.gather(-1, torch.tensor(targets, device=device)[:, None]).double().sum())
+        # the head and its log-softmax in fp32 (a bf16 model's too), a slice of the vocabulary at a time
+        logp = head_target_logprobs(model, x, mask, rows_t, cols_t, torch.tensor(targets, device=device))
+        total -= float(logp.double().sum())
     return total, len(ids)
 
 
