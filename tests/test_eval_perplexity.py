@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from peft_debias.core.errors import DebiasError
+from peft_debias.eval.batching import batch_token_budget
 from peft_debias.eval.lm_head import fp32_head_weight, head_log_softmax, head_target_logprobs
 from peft_debias.eval.lm_scoring import pad_batch
 from peft_debias.eval.perplexity import (
@@ -146,6 +147,21 @@ def test_target_logprobs_equal_the_full_log_softmax(tiny_models: dict[str, Path]
     torch.testing.assert_close(got, full.gather(-1, targets[:, None])[:, 0], atol=1e-5, rtol=1e-5)
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
     assert tied == (name == "gpt2")  # the tiny gpt2 ties its head to the embeddings and stays tied
+
+
+def test_causal_windows_per_forward_follow_the_head_token_budget(tiny_models: dict[str, Path]) -> None:
+    loaded = load_model(str(tiny_models["llama"]))
+    ids = text_token_ids(loaded.tokenizer, TEXT, 60)
+    widths: list[tuple[int, int]] = []
+    handle = loaded.model.register_forward_pre_hook(
+        lambda m, a, k: widths.append(tuple(k["input_ids"].shape)), with_kwargs=True
+    )
+    with batch_token_budget(32):  # two 16-token windows per forward
+        out = run_perplexity(loaded.model, loaded.tokenizer, ModelKind.CAUSAL_LM, TEXT, max_tokens=60, window=16)
+    handle.remove()
+    assert widths and all(rows * width <= 32 for rows, width in widths) and max(r for r, _ in widths) == 2
+    nll, n = causal_nll(loaded.model, loaded.tokenizer, ids, window=16, stride=8, batch_size=7)
+    assert out["n_tokens"] == n == 60 and out["nll"] == pytest.approx(nll / n, rel=1e-6)
 
 
 def test_text_token_ids_reads_only_what_it_needs(tiny_models: dict[str, Path]) -> None:

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from peft_debias.core.errors import DebiasError
+from peft_debias.eval.batching import DEFAULT_HEAD_TOKENS, resolve_budget
 from peft_debias.eval.lm_head import head_target_logprobs
 from peft_debias.eval.lm_scoring import (
     masked_logprobs,
@@ -163,8 +164,12 @@ def run_perplexity(
     """Perplexity (causal) or pseudo-perplexity (masked) on the first ``max_tokens`` tokens of ``text``.
 
     Defaults: causal 20,000 tokens, window min(1024, model limit), stride window / 2; masked 2,000 tokens,
-    window min(128, model limit). Returns ``{"perplexity", "kind", "nll", "n_tokens", "window", "stride",
-    "text"}`` (``text`` names the text; the runner adds ``source`` with its file and sha256).
+    window min(128, model limit). Causal windows go through the model at most ``batch_size`` at a time and within
+    the LM-head token budget (:func:`~peft_debias.eval.batching.batch_token_budget`, default 1024 tokens: one
+    window of 1024), as the other LM-head scorers.
+
+    Returns ``{"perplexity", "kind", "nll", "n_tokens", "window", "stride", "text"}`` (``text`` names the text;
+    the runner adds ``source`` with its file and sha256).
     """
     if kind not in DEFAULT_MAX_TOKENS:
         raise ValueError(f"perplexity needs a masked or causal LM, got {kind}")
@@ -178,7 +183,8 @@ def run_perplexity(
         raise DebiasError(f"perplexity text {source or ''} has no tokens", "pass a file with text in it")
     if kind is ModelKind.CAUSAL_LM:
         stride = stride or max(1, window // 2)
-        batch = max(1, (batch_size * 64) // window)  # about batch_size x 64 tokens per forward
+        # windows per forward: at most batch_size, within the LM-head token budget (--max-batch-tokens, else 1024)
+        batch = max(1, min(batch_size, resolve_budget(None, DEFAULT_HEAD_TOKENS) // window))
         nll, n = causal_nll(model, tokenizer, ids, window=window, stride=stride, batch_size=batch, progress=progress)
         name = "perplexity"
     else:
