@@ -195,11 +195,13 @@ def run(args: argparse.Namespace) -> int:
         if args.compare:
             results["compare"] = compare_results(results, load_results(args.compare))
     else:
+        from peft_debias.core.heap import map_large_allocations
         from peft_debias.eval.benchmarks import EvalConfig
         from peft_debias.eval.runner import evaluate_bias
         from peft_debias.eval.threads import use_threads
 
         use_threads(args.threads)
+        map_large_allocations()  # a model's activations are freed back to the OS, not left as heap fragments
         config = EvalConfig(
             seat_tests=args.seat_tests if args.seat_tests in ("all", "axes") else args.seat_tests.split(","),
             n_samples=args.n_samples,

@@ -25,13 +25,14 @@ from peft_debias.cards.vector import render_debiased_card, render_vector_card
 from peft_debias.core.atomic import atomic_output, check_destination
 from peft_debias.core.errors import DebiasError
 from peft_debias.core.fingerprints import tensor_bytes
+from peft_debias.core.heap import release_memory
 from peft_debias.core.provenance import DEBIAS_CONFIG, sidecar, write_sidecar
 from peft_debias.models.loading import weights_fingerprint
 from peft_debias.vector.folders import copy_side_files, tied_aliases
 from peft_debias.vector.lora import LoraDelta, write_negated_adapter
 from peft_debias.vector.meta import VECTOR_JSON, VectorLike, VectorMeta, open_checkpoint
 from peft_debias.vector.shard_writer import ShardWriter, parse_size
-from peft_debias.vector.stream import DEFAULT_CHUNK_BYTES, Checkpoint, release_memory, row_blocks, single_thread
+from peft_debias.vector.stream import DEFAULT_CHUNK_BYTES, Checkpoint, row_blocks, single_thread
 from peft_debias.vector.terms import (
     CheckpointDiff,
     check_compatible,

@@ -5,8 +5,8 @@ Why not ``safetensors.safe_open``: it memory-maps whole files, and every page a 
 (and counts in the process RSS) until the file is closed, so reading a model tensor by tensor still grows the
 RSS to the model's size. Here a tensor (or a block of its rows) is read with ``readinto`` into a buffer the caller
 owns. With the shard writer, which appends bytes as they are computed, peak memory is a few row blocks
-(``chunk_bytes``), whatever the model size; :func:`release_memory` and :func:`single_thread` keep it (and the
-time) predictable.
+(``chunk_bytes``), whatever the model size; :func:`release_memory` (from :mod:`peft_debias.core.heap`) and
+:func:`single_thread` keep it (and the time) predictable.
 
 The format (https://github.com/huggingface/safetensors): an 8-byte little-endian header length, a JSON header
 ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}`` and the tensors' bytes,
@@ -271,30 +271,6 @@ def _pickle_files(folder: Path) -> list[Path]:
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise DebiasError(f"{index} is not a valid index ({one_line(err)})", "re-save the model") from err
     return [folder / n for n in PICKLE_NAMES if (folder / n).is_file()]
-
-
-_LIBC: Any = None
-
-
-def release_memory() -> None:
-    """Hand freed heap memory back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
-
-    Blocks of a few MiB are allocated and freed for every tensor; glibc's adaptive mmap threshold then serves them
-    from the heap, whose free space it keeps, so without this the RSS drifts up by a varying 100-200 MiB even though
-    only a few blocks are alive at a time.
-    """
-    global _LIBC
-    if _LIBC is None:
-        import ctypes
-        import ctypes.util
-
-        try:
-            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
-        except (OSError, AttributeError):
-            _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
 
 
 @contextlib.contextmanager
