@@ -1,0 +1,179 @@
+"""Bounded memory at 1B parameters in bfloat16: the peak RSS of a real ``peft-debias`` process on a real
+Llama-shaped transformers checkpoint.
+
+The generated model (:func:`llama_1b_config`): 1,002,522,624 parameters (hidden 2048, 20 layers, MLP 5632, 32 heads
+and 8 KV heads, SmolLM2's tokenizer and 49,152-token vocabulary, tied embeddings), 2,005,066,032 bytes (1,912 MiB)
+of bf16 weights in five 500 MB shards; a "biased" copy adds 0.002 x normal noise. Measured on a shared 2-core
+machine (torch 2.13.0+cpu, transformers 5.23.0, one thread; wall times vary about 20% with the other jobs):
+
+* ``peft-debias vector`` (lambda 1, streamed): peak RSS 306-336 MiB in 5 runs (target < 600), 21-29 s;
+* ``peft-debias eval --benchmarks perplexity --dtype bf16``, 2,000 WikiText-2 tokens, 1024-token windows: peak RSS
+  2,423-2,444 MiB (1.27-1.28x the weights; target < 1.3x = 2,486 MiB), 48-64 s. Before the fixes described in
+  docs/evaluation.md (Speed), 3,544-3,630 MiB (1.85-1.90x): an fp32 copy of the tied head (384 MiB), full fp32
+  logits and log-softmax (2 x 288 MiB for two windows per forward) and heap fragments of the activations.
+  The floor is the memory-mapped weights (1,912 MiB) plus about 440 MiB of libraries, Python, transformers and
+  the tokenizer, so the target leaves about 130 MiB for a 1024-token forward.
+
+The whole module takes 1.5-2 minutes (generation 17-22 s, the generator adding about 60 MiB to the pytest process).
+Each command runs through :func:`test_memory.peak_rss_mib` (a wrapper process reports
+``getrusage(RUSAGE_CHILDREN).ru_maxrss`` of the one command). The checkpoints take 6 GB of disk for a while:
+``slow``, ``e2e``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from test_memory import MIB, peak_rss_mib
+
+from peft_debias.models.bundled import bundled_model_path
+from peft_debias.vector.shard_writer import ShardWriter
+from peft_debias.vector.stream import DTYPE_NAMES, Checkpoint
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+logger = logging.getLogger(__name__)
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")
+BLOCK_VALUES = 1 << 20  # values generated per block: 4 MiB in float32, 2 MiB in bfloat16
+NOISE = 0.002  # the biased checkpoint: base + NOISE * normal (base values are 0.02 * normal)
+
+
+def llama_1b_config():
+    """A Llama config of 1.0B parameters (SmolLM2's tokenizer and vocabulary, tied embeddings), in bfloat16."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=49152,
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=20,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        dtype="bfloat16",
+        architectures=["LlamaForCausalLM"],
+    )
+
+
+def llama_plan(config) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(name, safetensors dtype, shape) of every tensor ``LlamaForCausalLM(config)`` saves, built on the meta device
+    (nothing allocated); a tied output embedding is left out, as ``save_pretrained`` does."""
+    from transformers import LlamaForCausalLM
+
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    params = dict(model.named_parameters())  # shared (tied) parameters once, under their first name
+    dtype = DTYPE_NAMES[getattr(torch, config.dtype) if isinstance(config.dtype, str) else config.dtype]
+    return [(name, dtype, tuple(t.shape)) for name, t in model.state_dict().items() if name in params]
+
+
+def _blocks(name: str, shape: tuple[int, ...], seed: int, noise: float):
+    """Row blocks of one tensor: (base, biased) in float32; norm weights are ones (biased: ones plus noise)."""
+    rows, cols = shape[0], math.prod(shape[1:])
+    step = max(1, BLOCK_VALUES // max(cols, 1))
+    for start in range(0, rows, step):
+        stop = min(rows, start + step)
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + start)
+        if name.endswith("norm.weight"):
+            base = torch.ones(stop - start, *shape[1:])
+        else:
+            base = torch.randn(stop - start, *shape[1:], generator=gen).mul_(0.02)
+        yield base, base + noise * torch.randn(base.shape, generator=gen)
+
+
+def write_llama_pair(config, base: Path, biased: Path, shard_bytes: int = 500_000_000) -> int:
+    """Write a base and a biased checkpoint of ``config`` (sharded safetensors, config, SmolLM2's tokenizer) block by
+    block, holding a few blocks at a time; returns the base's weight bytes."""
+    plan = llama_plan(config)
+    dtype = getattr(torch, config.dtype) if isinstance(config.dtype, str) else config.dtype
+    tokenizer = bundled_model_path("bundled:smollm2")
+    for folder in (base, biased):
+        folder.mkdir(parents=True)
+        config.save_pretrained(folder)
+        for file in TOKENIZER_FILES:
+            shutil.copyfile(tokenizer / file, folder / file)
+    with (
+        ShardWriter(base, plan, shard_bytes=shard_bytes) as w_base,
+        ShardWriter(biased, plan, shard_bytes=shard_bytes) as w_biased,
+    ):
+        for seed, (name, _, shape) in enumerate(plan):
+            for a, b in _blocks(name, shape, seed, NOISE):
+                w_base.append(name, a.to(dtype))
+                w_biased.append(name, b.to(dtype))
+        w_base.close()
+        w_biased.close()
+    return sum(p.stat().st_size for p in base.glob("*.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def llama_1b(tmp_path_factory: pytest.TempPathFactory):
+    """(base folder, biased folder, weight bytes) of the generated 1.0B bf16 pair; removed after the module."""
+    root = tmp_path_factory.mktemp("llama_1b")
+    config = llama_1b_config()
+    params = sum(math.prod(shape) for _, _, shape in llama_plan(config))
+    assert 1.0e9 <= params <= 1.1e9, params
+    started = time.perf_counter()
+    size = write_llama_pair(config, root / "base", root / "biased")
+    logger.info("generated 2 x %d MiB (%d parameters) in %.1f s", size // MIB, params, time.perf_counter() - started)
+    yield root / "base", root / "biased", size
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _timed_peak(*args: str) -> tuple[int, float]:
+    """:func:`test_memory.peak_rss_mib` and the wall seconds it took."""
+    started = time.perf_counter()
+    peak = peak_rss_mib(*args)
+    return peak, time.perf_counter() - started
+
+
+def test_vector_merge_of_a_1b_bf16_pair_stays_under_600_mib(llama_1b, tmp_path: Path) -> None:
+    base, biased, size = llama_1b
+    out = tmp_path / "debiased"
+    peak, seconds = _timed_peak(
+        "vector", "--base", str(base), "--biased", str(biased), "--lambda", "1", "--output", str(out),
+        "--shard-size", "500MB", "--no-progress",
+    )  # fmt: skip
+    logger.info("vector merge: peak RSS %d MiB, %.1f s, weights %d MiB", peak, seconds, size // MIB)
+    assert peak < 600, f"peak RSS {peak} MiB merging two {size // MIB} MiB bf16 checkpoints"
+    try:
+        pre, bias, merged = (Checkpoint.open(f) for f in (base, biased, out))
+        assert {n: (i.dtype, i.shape) for n, i in merged.tensors.items()} == {
+            n: (i.dtype, i.shape) for n, i in pre.tensors.items()
+        }
+        assert {i.dtype for i in merged.tensors.values()} == {"BF16"}
+        assert len(list(out.glob("model-*.safetensors"))) >= 4 and (out / "tokenizer.json").is_file()
+        name = "model.layers.0.self_attn.q_proj.weight"
+        a, b = pre.read(name, 0, 64).float(), bias.read(name, 0, 64).float()
+        assert torch.equal(merged.read(name, 0, 64), (a - (b - a)).to(torch.bfloat16))  # lambda 1: pre - (b - pre)
+        norm = "model.layers.0.input_layernorm.weight"  # LayerNorm is left out by default
+        assert torch.equal(merged.read(norm), pre.read(norm))
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def test_bf16_perplexity_of_a_1b_model_stays_under_1_3x_its_weights(llama_1b, data_dir: Path, tmp_path: Path) -> None:
+    base, _, size = llama_1b
+    results = tmp_path / "ppl.json"
+    peak, seconds = _timed_peak(
+        "eval", "--model", str(base), "--benchmarks", "perplexity", "--dtype", "bf16",
+        "--ppl-file", str(data_dir / "wikitext2" / "wiki.test.raw"), "--ppl-max-tokens", "2000",
+        "--output", str(results), "--no-progress",
+    )  # fmt: skip
+    weights = size / MIB
+    logger.info("bf16 perplexity: peak RSS %d MiB (%.3fx the weights), %.1f s", peak, peak / weights, seconds)
+    assert peak < 1.3 * weights, f"peak RSS {peak} MiB scoring a model of {weights:.0f} MiB bf16 weights"
+    block = json.loads(results.read_text())["perplexity"]
+    assert block["n_tokens"] == 2000 and block["window"] == 1024
+    assert math.isfinite(block["perplexity"]) and block["perplexity"] > 1
