@@ -33,96 +33,21 @@ import pytest
 import torch
 from test_memory import MIB, peak_rss_mib
 
-from peft_debias.models.bundled import bundled_model_path
-from peft_debias.vector.shard_writer import ShardWriter
-from peft_debias.vector.stream import DTYPE_NAMES, Checkpoint
+from peft_debias.vector.stream import Checkpoint
+
+from support.llama_checkpoint import llama_config, parameters, write_llama_pair
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 logger = logging.getLogger(__name__)
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")
-BLOCK_VALUES = 1 << 20  # values generated per block: 4 MiB in float32, 2 MiB in bfloat16
-NOISE = 0.002  # the biased checkpoint: base + NOISE * normal (base values are 0.02 * normal)
-
-
-def llama_1b_config():
-    """A Llama config of 1.0B parameters (SmolLM2's tokenizer and vocabulary, tied embeddings), in bfloat16."""
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=49152,
-        hidden_size=2048,
-        intermediate_size=5632,
-        num_hidden_layers=20,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-        dtype="bfloat16",
-        architectures=["LlamaForCausalLM"],
-    )
-
-
-def llama_plan(config) -> list[tuple[str, str, tuple[int, ...]]]:
-    """(name, safetensors dtype, shape) of every tensor ``LlamaForCausalLM(config)`` saves, built on the meta device
-    (nothing allocated); a tied output embedding is left out, as ``save_pretrained`` does."""
-    from transformers import LlamaForCausalLM
-
-    with torch.device("meta"):
-        model = LlamaForCausalLM(config)
-    params = dict(model.named_parameters())  # shared (tied) parameters once, under their first name
-    dtype = DTYPE_NAMES[getattr(torch, config.dtype) if isinstance(config.dtype, str) else config.dtype]
-    return [(name, dtype, tuple(t.shape)) for name, t in model.state_dict().items() if name in params]
-
-
-def _blocks(name: str, shape: tuple[int, ...], seed: int, noise: float):
-    """Row blocks of one tensor: (base, biased) in float32; norm weights are ones (biased: ones plus noise)."""
-    rows, cols = shape[0], math.prod(shape[1:])
-    step = max(1, BLOCK_VALUES // max(cols, 1))
-    for start in range(0, rows, step):
-        stop = min(rows, start + step)
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + start)
-        if name.endswith("norm.weight"):
-            base = torch.ones(stop - start, *shape[1:])
-        else:
-            base = torch.randn(stop - start, *shape[1:], generator=gen).mul_(0.02)
-        yield base, base + noise * torch.randn(base.shape, generator=gen)
-
-
-def write_llama_pair(config, base: Path, biased: Path, shard_bytes: int = 500_000_000) -> int:
-    """Write a base and a biased checkpoint of ``config`` (sharded safetensors, config, SmolLM2's tokenizer) block by
-    block, holding a few blocks at a time; returns the base's weight bytes."""
-    plan = llama_plan(config)
-    dtype = getattr(torch, config.dtype) if isinstance(config.dtype, str) else config.dtype
-    tokenizer = bundled_model_path("bundled:smollm2")
-    for folder in (base, biased):
-        folder.mkdir(parents=True)
-        config.save_pretrained(folder)
-        for file in TOKENIZER_FILES:
-            shutil.copyfile(tokenizer / file, folder / file)
-    with (
-        ShardWriter(base, plan, shard_bytes=shard_bytes) as w_base,
-        ShardWriter(biased, plan, shard_bytes=shard_bytes) as w_biased,
-    ):
-        for seed, (name, _, shape) in enumerate(plan):
-            for a, b in _blocks(name, shape, seed, NOISE):
-                w_base.append(name, a.to(dtype))
-                w_biased.append(name, b.to(dtype))
-        w_base.close()
-        w_biased.close()
-    return sum(p.stat().st_size for p in base.glob("*.safetensors"))
 
 
 @pytest.fixture(scope="module")
 def llama_1b(tmp_path_factory: pytest.TempPathFactory):
     """(base folder, biased folder, weight bytes) of the generated 1.0B bf16 pair; removed after the module."""
     root = tmp_path_factory.mktemp("llama_1b")
-    config = llama_1b_config()
-    params = sum(math.prod(shape) for _, _, shape in llama_plan(config))
+    config = llama_config("1b")
+    params = parameters(config)
     assert 1.0e9 <= params <= 1.1e9, params
     started = time.perf_counter()
     size = write_llama_pair(config, root / "base", root / "biased")
