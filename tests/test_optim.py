@@ -65,6 +65,7 @@ def test_biased_full_bf16_with_the_8bit_optimizer(tiny_models: dict[str, Path], 
     info = json.loads((out / "debias_config.json").read_text())
     assert info["training"]["optimizer"] == "adamw_8bit" and info["training"]["dtype"] == "bfloat16"
     assert info["biased_config"]["optimizer"] == "adamw_8bit"
+    assert "Trained on: cpu, base weights in bfloat16, adamw_8bit." in (out / "README.md").read_text()
     base = load_file(str(tiny_models["llama"] / "model.safetensors"))
     trained = load_file(str(out / "model.safetensors"))
     moved = [k for k in base if not torch.equal(base[k].to(torch.bfloat16), trained[k])]

@@ -110,7 +110,8 @@ def test_device_map_auto_offloads_to_disk_and_scores_the_same(
     )
     assert mapped["placement"]["device_map"] == "auto" and mapped["placement"]["map"]["disk"] >= 1
     assert mapped["placement"]["map"]["cpu"] >= 1
-    assert mapped["perplexity"]["perplexity"] == whole["perplexity"]["perplexity"]  # same weights, same sums
+    # same weights; an offloaded head takes the full-logits path, a resident one the vocabulary-sliced one
+    assert mapped["perplexity"]["perplexity"] == pytest.approx(whole["perplexity"]["perplexity"], rel=1e-6)
     adapter = str(trained_adapter(tiny_models, tmp_path_factory, "llama", "lora"))
     with pytest.raises(DebiasError, match="partly offloaded to disk"):
         evaluate_bias(str(tiny_models["llama"]), adapters=[adapter], device_map="auto",
@@ -179,6 +180,7 @@ def test_merge_round_trips_its_dtype(tiny_models: dict[str, Path], tmp_path_fact
 
 
 def test_an_adapter_trained_on_a_bf16_base_records_it(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    from peft_debias.cards.results import results_table
     from peft_debias.train.adapter import train_adapter
 
     out = tmp_path / "bf16-adapter"
@@ -191,10 +193,12 @@ def test_an_adapter_trained_on_a_bf16_base_records_it(tiny_models: dict[str, Pat
     assert info["training"]["dtype"] == "bfloat16" and info["training"]["device"] == "cpu"
     assert info["train_config"]["dtype"] == "bfloat16"
     assert _floating_dtypes(out) == {"F32"}  # PEFT keeps the adapter's own weights in float32
+    assert "| trained on | cpu, base weights in bfloat16, adamw |" in (out / "README.md").read_text()
     for dtype in ("bfloat16", "float32"):  # same dtype: checked by fingerprint; the other: by the base's id
         out_eval = evaluate_bias(str(tiny_models["llama"]), adapters=[str(out)], benchmarks="perplexity",
                                  ppl_file=str(corpus), ppl_max_tokens=32, dtype=dtype, progress=False)  # fmt: skip
         assert out_eval["placement"]["dtype"] == dtype
+        assert f"cpu, {dtype};" in results_table(out_eval)  # what a card's results table says
 
 
 def test_biased_full_training_in_bf16_saves_bf16_and_gives_a_vector(tiny_models: dict[str, Path], tmp_path) -> None:

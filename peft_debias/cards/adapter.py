@@ -79,6 +79,7 @@ def render_adapter_card(
         batch_size=training["batch_size"],
         grad_accum=training["grad_accum"],
         world_size=training.get("world_size", 1),
+        trained_on=trained_on(training),
         lr=training["lr"],
         seed=training["seed"],
         train_loss=_fmt(info.get("metrics", {}).get("train_loss")),
@@ -88,6 +89,17 @@ def render_adapter_card(
     )
     ModelCard(text)  # validates the YAML header
     return text
+
+
+def trained_on(training: dict[str, Any]) -> str:
+    """Where and how a run trained, for a card: device, the base's dtype, optimizer, mixed precision."""
+    if "device" not in training:  # recorded since the device and dtype options
+        return "not recorded (float32 weights, AdamW)"
+    mixed = training.get("mixed_precision", "no")
+    return (
+        f"{training['device']}, base weights in {training.get('dtype', 'float32')}, "
+        f"{training.get('optimizer', 'adamw')}" + ("" if mixed in (None, "no") else f", mixed precision {mixed}")
+    )
 
 
 def _data_summary(info: dict[str, Any]) -> str:

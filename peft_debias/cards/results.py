@@ -17,6 +17,7 @@ from typing import Any
 
 from peft_debias.core.hub_ids import is_hub_id
 from peft_debias.core.provenance import protocol_name
+from peft_debias.models.placement import describe
 
 # model kind -> Hub task type
 TASKS = {"causal_lm": "text-generation", "masked_lm": "fill-mask", "encoder": "feature-extraction"}
@@ -168,7 +169,7 @@ def results_table(results: Mapping[str, Any]) -> str:
     lines += [
         "",
         f"Measured with `peft-debias eval --protocol {protocol_name(results)}` on `{results.get('model')}` "
-        f"(adapters: {adapters}; "
+        f"(adapters: {adapters}; {describe(results.get('placement'))}; "
         f"{results.get('created', 'date unknown')}). 95% bootstrap intervals in brackets; "
         "the McNemar test is paired over the items both runs scored.",
     ]

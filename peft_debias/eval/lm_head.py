@@ -67,7 +67,7 @@ def fp32_head_weight(model: Any) -> HeadWeight:
     embedding lookup keeps the model's dtype.
     """
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if not isinstance(head, torch.nn.Linear) or head.weight.dtype == torch.float32:
+    if not isinstance(head, torch.nn.Linear) or head.weight.dtype == torch.float32 or head.weight.is_meta:
         return None
     bias = head.bias.detach().float() if head.bias is not None else None
     return head.weight.detach().float(), bias
@@ -144,7 +144,7 @@ def head_target_logprobs(
     plain ``Linear`` (e.g. wrapped by an adapter) falls back to :func:`head_log_softmax`.
     """
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if type(head) is not torch.nn.Linear:
+    if type(head) is not torch.nn.Linear or head.weight.is_meta:  # an offloaded head: its own forward loads it
         logp = head_log_softmax(model, ids, mask, rows, cols, fp32_head_weight(model))
         return logp.gather(-1, targets[:, None])[:, 0]
     hook = HeadRows(ids.shape[1], rows, cols, keep=True)
@@ -154,7 +154,8 @@ def head_target_logprobs(
         logp = torch.log_softmax(_picked_logits(hook, logits, ids, rows, cols).float(), dim=-1)
         return logp.gather(-1, targets[:, None])[:, 0]
     del logits
-    return _chunked_target_logprobs(hook.picked[0].float(), head.weight, head.bias, targets, chunk)
+    hidden = hook.picked[0].to(head.weight.device).float()  # a device map may hold the head on another device
+    return _chunked_target_logprobs(hidden, head.weight, head.bias, targets, chunk)
 
 
 def _chunked_target_logprobs(

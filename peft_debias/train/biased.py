@@ -300,6 +300,8 @@ def _jsonable(config: BiasedConfig) -> dict[str, Any]:
 
 def biased_readme(info: dict[str, Any]) -> str:
     """A short card that says loudly what this artifact is: deliberately biased, only for making a bias vector."""
+    from peft_debias.cards.adapter import trained_on
+
     base = info.get("base_model", {})
     what = "LoRA adapter" if info.get("artifact") == "biased_adapter" else "model"
     metrics = info.get("metrics", {})
@@ -316,5 +318,6 @@ def biased_readme(info: dict[str, Any]) -> str:
         f"```bash\npeft-debias vector --base {base.get('name')} --biased <this folder> --lambda 1 "
         "--output debiased\n```\n\n"
         f"Training text: {json.dumps(info.get('corpus', {}))}.\n\n"
-        f"Final loss: train {fmt(metrics.get('train_loss'))}, held-out {fmt(metrics.get('eval_loss'))}.\n"
+        f"Final loss: train {fmt(metrics.get('train_loss'))}, held-out {fmt(metrics.get('eval_loss'))}.\n\n"
+        f"Trained on: {trained_on(info.get('training', {}))}.\n"
     )
