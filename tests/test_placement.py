@@ -217,3 +217,15 @@ def test_biased_full_training_in_bf16_saves_bf16_and_gives_a_vector(tiny_models:
     deltas = [vector.tensor(name, 1.0) for name in vector]
     assert deltas and all(d.dtype == torch.float32 for d in deltas)
     assert any(bool(d.abs().max() > 0) for d in deltas)
+
+
+def test_a_downstream_run_in_bf16_records_it_and_saves_bf16(tiny_models: dict[str, Path], data_dir: Path, tmp_path):
+    from peft_debias.cli.main import main
+
+    out = tmp_path / "downstream"
+    argv = ["downstream", "--model", str(tiny_models["bert"]), "--task", "winobias", "--data-dir", str(data_dir),
+            "--output", str(out), "--max-steps", "1", "--dtype", "bfloat16", "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train"]["placement"] == {"device": "cpu", "dtype": "bfloat16"}
+    assert _floating_dtypes(out / "model") == {"BF16"}
