@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_debias.core.hub_ids import is_hub_id
-from peft_debias.core.provenance import protocol_name
-from peft_debias.models.placement import describe
+from peft_debias.core.provenance import placement_text, protocol_name
 
 # model kind -> Hub task type
 TASKS = {"causal_lm": "text-generation", "masked_lm": "fill-mask", "encoder": "feature-extraction"}
@@ -169,7 +168,7 @@ def results_table(results: Mapping[str, Any]) -> str:
     lines += [
         "",
         f"Measured with `peft-debias eval --protocol {protocol_name(results)}` on `{results.get('model')}` "
-        f"(adapters: {adapters}; {describe(results.get('placement'))}; "
+        f"(adapters: {adapters}; {placement_text(results.get('placement'))}; "
         f"{results.get('created', 'date unknown')}). 95% bootstrap intervals in brackets; "
         "the McNemar test is paired over the items both runs scored.",
     ]

@@ -97,6 +97,10 @@ def _configure_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("peft_debias").setLevel(level)
+    if verbose < 2:
+        from peft_debias.train.optim import quiet_bitsandbytes
+
+        quiet_bitsandbytes()
     _quiet_library_bars()
     if verbose == 0:
         import warnings

@@ -91,3 +91,14 @@ def protocol_name(results: Mapping[str, Any]) -> str:
     existed used the default one."""
     record = results.get("protocol")
     return str(record.get("name", "default")) if isinstance(record, Mapping) else str(record or "default")
+
+
+def placement_text(record: dict[str, Any] | None) -> str:
+    """A placement record (:meth:`peft_debias.models.placement.Resolved.record`) in words: ``cpu, float32`` or
+    ``device map auto (cpu 15, disk 19), bfloat16``."""
+    if not record:
+        return "placement not recorded"
+    if record.get("device_map"):
+        spread = ", ".join(f"{k} {v}" for k, v in record.get("map", {}).items())
+        return f"device map {record['device_map']}{f' ({spread})' if spread else ''}, {record.get('dtype')}"
+    return f"{record.get('device')}, {record.get('dtype')}"

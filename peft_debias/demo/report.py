@@ -7,9 +7,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from peft_debias.core.provenance import placement_text
 from peft_debias.eval.formatting import format_ci, format_p
 from peft_debias.eval.formatting import format_number as _num
-from peft_debias.models.placement import describe
 
 DAMAGED = 1.25  # a perplexity this many times the base's is flagged in the table
 
@@ -143,7 +143,7 @@ def write_report(summary: Mapping[str, Any], out: Path) -> Path:
         "the experiment harness's (`peft-debias experiment --config recipes/experiments/smollm2-gender-cpu.yaml`; "
         "see the README).",
         "",
-        f"- Placement: {describe(runs[0].get('placement'))} (device and dtype the models were loaded on).",
+        f"- Placement: {placement_text(runs[0].get('placement'))} (device and dtype the models were loaded on).",
         f"- Training text (CDA, {axis}): {len(summary['training_text'])} Project Gutenberg novel(s). Perplexity: "
         f"{cfg['ppl_tokens']} tokens of `{Path(summary['perplexity_text']).name}` (WikiText-2, another source).",
         "- CrowS-Pairs and StereoSet are scored on the **report** half of their items (`--split report`); the biased "

@@ -17,13 +17,12 @@ from typing import Any
 from peft_debias.core.atomic import atomic_output
 from peft_debias.core.errors import DebiasError
 from peft_debias.core.portable import scrub_local_paths
-from peft_debias.core.provenance import protocol_name
+from peft_debias.core.provenance import placement_text, protocol_name
 from peft_debias.eval.formatting import format_ci as _ci
 from peft_debias.eval.formatting import format_number as _num
 from peft_debias.eval.formatting import format_p as _p
 from peft_debias.eval.results import PAIRED
 from peft_debias.eval.sources import AXES
-from peft_debias.models.placement import describe
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -53,7 +52,7 @@ def _single(results: Mapping[str, Any]) -> list[str]:
     out = [
         f"# Bias evaluation: {results.get('label', results.get('model'))}",
         "",
-        f"- model: `{results.get('model')}` ({results.get('model_kind')}; {describe(results.get('placement'))})",
+        f"- model: `{results.get('model')}` ({results.get('model_kind')}; {placement_text(results.get('placement'))})",
         f"- adapters: {adapters or 'none'}",
         f"- protocol: `{protocol_name(results)}`{_protocol_details(results)}",
         f"- created: {results.get('created', '')}; {versions}",
@@ -352,7 +351,7 @@ def text_summary(results: Mapping[str, Any]) -> list[str]:
     """A few lines for the terminal: the headline figure per benchmark and axis, and the comparison."""
     out = [
         f"{results.get('label')}: {results.get('model')} ({results.get('model_kind')}; "
-        f"protocol {protocol_name(results)}; {describe(results.get('placement'))})"
+        f"protocol {protocol_name(results)}; {placement_text(results.get('placement'))})"
     ]
     seat = results.get("seat")
     if seat:

@@ -295,16 +295,6 @@ def check_mapped(model: Any, name: str) -> None:
         )
 
 
-def describe(record: dict[str, Any] | None) -> str:
-    """A :meth:`Resolved.record` in words: ``cpu, float32`` or ``device map auto (cpu 15, disk 19), bfloat16``."""
-    if not record:
-        return "placement not recorded"
-    if record.get("device_map"):
-        spread = ", ".join(f"{k} {v}" for k, v in record.get("map", {}).items())
-        return f"device map {record['device_map']}{f' ({spread})' if spread else ''}, {record.get('dtype')}"
-    return f"{record.get('device')}, {record.get('dtype')}"
-
-
 def parse_max_memory(items: list[str] | None) -> dict[str, str] | None:
     """``["cpu=2GiB", "0=20GiB"]`` (the repeatable ``--max-memory`` option) -> ``{"cpu": "2GiB", "0": "20GiB"}``."""
     if not items:

@@ -34,6 +34,12 @@ def check_optimizer(name: str) -> None:
         )
 
 
+def quiet_bitsandbytes() -> None:
+    """Silence the warning bitsandbytes logs at import on a CPU without its 4-bit matmul kernels (``kernels`` not
+    installed): no 8-bit optimizer uses them, and peft imports bitsandbytes whenever it is installed."""
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+
 def make_optimizer(name: str, params: Iterable[Any], lr: float, weight_decay: float) -> Any:
     """The optimizer ``name`` (see :data:`OPTIMIZERS`) over ``params``."""
     check_optimizer(name)
@@ -42,8 +48,7 @@ def make_optimizer(name: str, params: Iterable[Any], lr: float, weight_decay: fl
         import torch
 
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    # bitsandbytes warns at import that its 4-bit CPU matmul kernels are missing; no 8-bit optimizer uses them
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    quiet_bitsandbytes()
     import bitsandbytes
 
     return getattr(bitsandbytes.optim, _BNB[name])(params, lr=lr, weight_decay=weight_decay)
