@@ -181,7 +181,7 @@ def run_downstream(config: DownstreamConfig) -> dict[str, Any] | None:
     from accelerate.utils import set_seed
 
     from peft_debias.loader.attach import adapter_parameters, load_debias_adapter
-    from peft_debias.models.placement import accelerate_on_cpu
+    from peft_debias.models.placement import accelerate_on_cpu, dtype_name
 
     accelerator = Accelerator(cpu=accelerate_on_cpu(config.device))
     check_destination(config.output, overwrite=config.overwrite)
@@ -204,7 +204,7 @@ def run_downstream(config: DownstreamConfig) -> dict[str, Any] | None:
     predictions = _predict(trained["model"], test_loader, accelerator, len(task.test))
     unwrapped = accelerator.unwrap_model(trained["model"])
     trained["world_size"] = accelerator.num_processes
-    trained["placement"] = {"device": str(accelerator.device), "dtype": str(unwrapped.dtype).removeprefix("torch.")}
+    trained["placement"] = {"device": str(accelerator.device), "dtype": dtype_name(unwrapped.dtype)}
     trained["adapters_unchanged"] = None if before is None else _digest(adapter_parameters(unwrapped)) == before
     if trained["adapters_unchanged"] is False:
         raise RuntimeError("a frozen adapter changed during fine-tuning")

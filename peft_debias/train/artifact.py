@@ -15,6 +15,7 @@ from peft_debias.core.jsonio import write_json
 from peft_debias.core.portable import portable_adapter_config, scrub_local_paths
 from peft_debias.core.provenance import sidecar, write_sidecar
 from peft_debias.models.base_ids import base_record
+from peft_debias.models.placement import dtype_name
 from peft_debias.train.config import Trained
 
 
@@ -27,7 +28,7 @@ def base_model_info(trained: Trained) -> dict[str, Any]:
         "kind": loaded.kind.value,
         "model_type": getattr(loaded.model.config, "model_type", None),
         "weights_fingerprint": trained.base_fingerprint,
-        "dtype": str(loaded.model.dtype).removeprefix("torch."),  # what the fingerprints were taken in
+        "dtype": dtype_name(loaded.model.dtype),  # what the fingerprints were taken in
     }
 
 
